@@ -1,0 +1,5 @@
+import sys
+
+from ductile.cli.main import main
+
+sys.exit(main())
