@@ -9,7 +9,7 @@ Statuses and transitions follow contract §4.2; dedupe follows §4.4.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import attrs
 from twisted.enterprise import adbapi
@@ -19,6 +19,8 @@ from twisted.logger import Logger
 
 from ductile.events import new_id
 from ductile.store.writer import GroupCommitWriter
+
+T = TypeVar("T")
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -123,13 +125,29 @@ class JobQueue:
         self._writer = writer
         self._clock = clock
         self.dedupe_ttl = dedupe_ttl
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_new_work(self, listener: Callable[[], None]) -> None:
+        """
+        Call C{listener()} after any commit that may have made a job
+        claimable (enqueue, retry scheduled, successors, recovery, replay):
+        the dispatcher starts work when it becomes possible, not on a tick.
+        """
+        self._listeners.append(listener)
+
+    def _notify(self, result: T) -> T:
+        for listener in self._listeners:
+            listener()
+        return result
 
     # -- writes ---------------------------------------------------------
 
     def enqueue(self, specs: Sequence[JobSpec]) -> defer.Deferred[list[EnqueueResult]]:
         """Create all C{specs} in one transaction (with dedupe)."""
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: [self._insert(txn, s, now) for s in specs])
+        return self._writer.submit(lambda txn: [self._insert(txn, s, now) for s in specs]).addCallback(
+            self._notify
+        )
 
     def claim(
         self, limit: int, plugin_slots: Mapping[str, int] | None = None, default_slots: int | None = None
@@ -146,7 +164,9 @@ class JobQueue:
     def complete(self, job: ClaimedJob, completion: Completion) -> defer.Deferred[list[EnqueueResult]]:
         """Record the end of C{job}'s attempt and create its successors, atomically."""
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: self._complete(txn, job, completion, now))
+        return self._writer.submit(lambda txn: self._complete(txn, job, completion, now)).addCallback(
+            self._notify
+        )
 
     def recover(self) -> defer.Deferred[list[tuple[str, str, str]]]:
         """
@@ -155,7 +175,7 @@ class JobQueue:
         attempts.  Returns C{(job_id, plugin, new_status)} for each.
         """
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: self._recover(txn, now))
+        return self._writer.submit(lambda txn: self._recover(txn, now)).addCallback(self._notify)
 
     def replay(self, job_id: str, submitted_by: str = "replay") -> defer.Deferred[str]:
         """
@@ -163,16 +183,22 @@ class JobQueue:
         key and context): what C{relay replay} uses for a dead delivery.
         """
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: self._replay(txn, job_id, submitted_by, now))
+        return self._writer.submit(lambda txn: self._replay(txn, job_id, submitted_by, now)).addCallback(
+            self._notify
+        )
 
     # -- reads ----------------------------------------------------------
 
     def next_due(self) -> defer.Deferred[float | None]:
-        """When the earliest waiting retry becomes due (epoch seconds), if any."""
+        """When the earliest future retry becomes due (epoch seconds), if any."""
+
+        now = self._clock.seconds()
 
         def q(txn: Any) -> float | None:
+            # Only future retries: a due job not claimed yet is waiting for a
+            # worker slot, and a finishing worker will claim it.
             txn.execute(
-                "SELECT MIN(next_retry_at) FROM job_queue WHERE status='queued' AND next_retry_at IS NOT NULL"
+                "SELECT MIN(next_retry_at) FROM job_queue WHERE status='queued' AND next_retry_at>?", (now,)
             )
             row = txn.fetchone()
             return row[0] if row else None

@@ -87,6 +87,7 @@ class QueueTests(TestCase):
         self.assertEqual(await self.queue.claim(1), [])
         self.assertEqual(await self.queue.next_due(), self.clock.seconds() + 30)
         self.clock.advance(30)
+        self.assertIsNone(await self.queue.next_due())
         [again] = await self.queue.claim(1)
         self.assertEqual((again.id, again.attempt), (r.job_id, 2))
 
