@@ -211,6 +211,13 @@ class JobQueue:
     def list_jobs(self, **filters: Any) -> defer.Deferred[list[dict[str, Any]]]:
         return self._pool.runInteraction(lambda txn: list_jobs(txn, **filters))
 
+    def job_tree(self, job_id: str) -> defer.Deferred[list[dict[str, Any]]]:
+        """The job and all its descendants (by C{parent_job_id}), parents first."""
+        return self._pool.runInteraction(lambda txn: job_tree(txn, job_id))
+
+    def relay_attempts(self, job_id: str) -> defer.Deferred[list[dict[str, Any]]]:
+        return self._pool.runInteraction(lambda txn: relay_attempts(txn, job_id))
+
     def counts(self) -> defer.Deferred[dict[str, int]]:
         def q(txn: Any) -> dict[str, int]:
             txn.execute("SELECT status, COUNT(*) FROM job_queue GROUP BY status")
@@ -485,3 +492,31 @@ def list_jobs(
     args.append(int(limit))
     txn.execute(sql, args)
     return [_row_to_job(r) for r in txn.fetchall()]
+
+
+def job_tree(txn: Any, job_id: str) -> list[dict[str, Any]]:
+    root = fetch_job(txn, job_id)
+    if root is None:
+        return []
+    out, frontier = [root], [job_id]
+    while frontier:
+        marks = ",".join("?" * len(frontier))
+        txn.execute(
+            f"SELECT {', '.join(JOB_COLUMNS)} FROM job_queue WHERE parent_job_id IN ({marks}) "
+            "ORDER BY created_at, rowid",
+            frontier,
+        )
+        children = [_row_to_job(r) for r in txn.fetchall()]
+        out += children
+        frontier = [c["id"] for c in children]
+    return out
+
+
+def relay_attempts(txn: Any, job_id: str) -> list[dict[str, Any]]:
+    txn.execute(
+        "SELECT attempt, instance, outcome, status_code, error, duration, created_at FROM relay_attempts "
+        "WHERE job_id=? ORDER BY id",
+        (job_id,),
+    )
+    keys = ("attempt", "instance", "outcome", "status_code", "error", "duration", "created_at")
+    return [dict(zip(keys, row)) for row in txn.fetchall()]

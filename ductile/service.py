@@ -1,0 +1,177 @@
+"""
+The running instance as a Twisted service: database, queue, dispatcher,
+plugin runner, relay sender, scheduler and the HTTP site (API + relay
+ingress), started and stopped in the order that loses nothing.
+
+Start: migrate, recover jobs left running by a crash, then listen and
+dispatch.  Stop: stop listening (no new acceptances), stop starting jobs and
+let running plugins finish within their grace, close the relay client, then
+close the database.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from ductile.dispatch import Dispatcher
+from ductile.executor import RELAY_PLUGIN, JobExecutor
+from ductile.instance import Instance
+from ductile.queue import JobQueue
+from ductile.store.pool import open_pool, prepare_database
+from ductile.store.writer import GroupCommitWriter
+from ductile.web.api import Api
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:]*):(?P<port>\d+)$")
+
+
+def listen_endpoint(listen: str) -> str:
+    """
+    C{api.listen} as a Twisted endpoint string.  Go-style C{host:port}
+    (C{127.0.0.1:8080}, C{:8080}, C{[::1]:8080}) or an endpoint string
+    (C{tcp:...}, C{unix:...}, C{ssl:...}) as is.
+    """
+    m = _HOST_PORT.match(listen.strip())
+    if m is None:
+        return listen
+    host = m.group("host").strip("[]")
+    desc = f"tcp:{m.group('port')}"
+    if host:
+        desc += ":interface=" + host.replace(":", r"\:")
+    return desc
+
+
+class DuctileService(service.Service):
+    log = Logger()
+
+    def __init__(self, instance: Instance, reactor: Any) -> None:
+        self.instance = instance
+        self.config = instance.config
+        self.reactor = reactor
+        self.port: Any = None
+        self.pool: Any = None
+        self.queue: JobQueue | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.runner: Any = None
+        self.sender: Any = None
+        self.scheduler: Any = None
+        self.site: Any = None
+        self.api: Api | None = None
+        self.ingress_stats: Any = None
+        self.started = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+        d.addErrback(self._start_failed)
+
+    def _start_failed(self, failure: Any) -> None:
+        self.log.failure("ductile failed to start", failure)
+        if not self.started.called:
+            self.started.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _start(self) -> None:
+        from ductile.plugins.runner import ProcessRunner
+        from ductile.relay.acceptor import RelayAcceptor
+        from ductile.relay.ingress import mount_remote_ingress
+        from ductile.relay.sender import RelaySender
+        from ductile.relay.stats import IngressStats
+        from ductile.web.limits import DuctileSite
+
+        cfg = self.config
+        for problem in self.instance.plugin_problems:
+            self.log.warn("plugin not loaded: {problem}", problem=problem)
+        for warning in cfg.warnings:
+            self.log.warn("config: {warning}", warning=warning)
+
+        prepare_database(cfg.state.path, cfg.state.synchronous)
+        self.pool = open_pool(cfg.state.path, cfg.state.synchronous)
+        writer = GroupCommitWriter(self.pool)
+        self.queue = JobQueue(self.pool, writer, self.reactor, dedupe_ttl=cfg.service.dedupe_ttl)
+        for job_id, plugin, status in await self.queue.recover():
+            self.log.warn("crash recovery: job {job_id} ({plugin}) -> {status}", job_id=job_id, plugin=plugin,
+                          status=status)
+
+        self.runner = ProcessRunner(self.reactor)
+        if any(i.enabled for i in cfg.instances):
+            self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled])
+        executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
+                               self.instance.router, self.sender)
+        self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, self._plugin_caps)
+
+        self.api = Api(self.reactor, cfg, self.queue, self.instance.plugins, self.instance.router)
+        root = self.api.resource()
+        ingress = cfg.remote_ingress
+        if ingress is not None:
+            self.ingress_stats = IngressStats()
+            acceptor = RelayAcceptor(cfg, self.instance.router, self.queue)
+            mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)
+        self.site = DuctileSite(root, body_limit_for=self._body_limit_for, reactor=self.reactor)
+        if cfg.api.enabled or ingress is not None:
+            desc = listen_endpoint(cfg.api.listen)
+            self.port = await endpoints.serverFromString(self.reactor, desc).listen(self.site)
+            self.log.info("{service} listening on {listen}", service=cfg.service.name, listen=cfg.api.listen)
+
+        self.dispatcher.start()
+        self._start_scheduler()
+        self.log.info(
+            "{service} started: {plugins} plugins, {peers} relay peers, {instances} relay instances",
+            service=cfg.service.name, plugins=len(self.instance.plugins),
+            peers=len(ingress.peers) if ingress else 0, instances=len(cfg.instances),
+        )
+        self.started.callback(self)
+
+    def _start_scheduler(self) -> None:
+        try:
+            from ductile.scheduler import Scheduler
+        except ImportError:  # pragma: no cover
+            return
+        assert self.queue is not None
+        self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
+        self.scheduler.start()
+
+    def _body_limit_for(self, path: bytes) -> int:
+        ingress = self.config.remote_ingress
+        if ingress is not None:
+            prefix = ingress.listen_path.rstrip("/").encode() + b"/"
+            if path.startswith(prefix):
+                return ingress.max_body_size
+        return self.config.api.max_body_size
+
+    def _plugin_caps(self) -> dict[str, int]:
+        caps = {}
+        max_workers = self.config.service.max_workers
+        for name, plugin in self.instance.plugins.items():
+            raw = self.config.plugin_config(name).parallelism
+            if raw is None:
+                cap = max_workers if plugin.concurrency_safe else 1
+            else:
+                cap = raw
+            caps[name] = max(1, min(cap, max_workers))
+        caps[RELAY_PLUGIN] = max_workers
+        return caps
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.port is not None:
+            await self.port.stopListening()
+        if self.dispatcher is not None:
+            stopping = self.dispatcher.stop()
+            if self.runner is not None:
+                await self.runner.shutdown()
+            await stopping
+        if self.sender is not None:
+            await self.sender.close()
+        if self.pool is not None:
+            self.pool.close()
+        self.log.info("{service} stopped", service=self.config.service.name)

@@ -1,0 +1,45 @@
+"""
+C{twistd ductile}: options and service construction.
+
+The config is loaded, plugins discovered and pipelines compiled while the
+options are parsed, so a bad config stops twistd with the loader's message
+(a usage error) before anything starts or daemonizes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Run a ductile instance. PATH is a config file or a directory holding config.yaml; "
+        "without it $DUCTILE_CONFIG_DIR, ~/.config/ductile, then /etc/ductile are tried."
+    )
+    optParameters = [
+        ["config", "c", None, "Config file or directory holding config.yaml."],
+    ]
+
+    def postOptions(self) -> None:
+        from ductile.config import ConfigError, load_config
+        from ductile.instance import InstanceError, build_instance
+
+        try:
+            config = load_config(self["config"])
+            self["instance"] = build_instance(config)
+        except (ConfigError, InstanceError) as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from ductile.service import DuctileService
+
+    instance = options["instance"]
+    top = service.MultiService()
+    DuctileService(instance, reactor).setServiceParent(top)
+    return top

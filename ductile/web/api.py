@@ -1,0 +1,317 @@
+"""
+The HTTP API (contract §6): JSON in and out, bearer-token scopes, and the
+root of the twisted.web tree the relay ingress is mounted on.
+
+Routes live in one table (method, path pattern, scopes, handler) served by a
+single leaf resource, so an unknown route is a JSON 404 and every handler is
+an C{async def} returning C{(status, body)}.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+
+from ductile import __version__
+from ductile.config.models import Config
+from ductile.errors import StorageUnavailable
+from ductile.events import Event
+from ductile.executor import RELAY_PLUGIN, dispatch_to_spec
+from ductile.queue import JobQueue, JobSpec
+from ductile.timestamps import format_rfc3339nano
+from ductile.web.auth import Authenticator, AuthError
+
+Handler = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def write_json(request: IRequest, status: int, body: Any) -> None:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.write(json.dumps(body).encode("utf-8") + b"\n")
+    request.finish()
+
+
+@attrs.frozen
+class Route:
+    method: bytes
+    pattern: re.Pattern[str]
+    scopes: tuple[str, ...] | None  # None: no authentication
+    handler: Handler
+
+
+def _iso(t: float | None) -> str | None:
+    return format_rfc3339nano(t) if t is not None else None
+
+
+def job_view(job: Mapping[str, Any], with_result: bool = True) -> dict[str, Any]:
+    """A job row as the API shows it (times in RFC 3339)."""
+    out = {
+        "job_id": job["id"],
+        "status": job["status"],
+        "plugin": job["plugin"],
+        "command": job["command"],
+        "attempt": job["attempt"],
+        "max_attempts": job["max_attempts"],
+        "submitted_by": job["submitted_by"],
+        "dedupe_key": job["dedupe_key"],
+        "pipeline": job["pipeline"],
+        "step_id": job["step_id"],
+        "parent_job_id": job["parent_job_id"],
+        "created_at": _iso(job["created_at"]),
+        "started_at": _iso(job["started_at"]),
+        "completed_at": _iso(job["completed_at"]),
+        "next_retry_at": _iso(job["next_retry_at"]),
+    }
+    if with_result:
+        out["result"] = job["result"]
+        out["last_error"] = job["last_error"]
+    return out
+
+
+class ApiLeaf(resource.Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, api: "Api") -> None:
+        super().__init__()
+        self._api = api
+
+    def render(self, request: server.Request) -> Any:
+        d = defer.ensureDeferred(self._api.handle(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallback(lambda r: None if request._disconnected else write_json(request, *r))
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: server.Request) -> None:
+        if failure.check(defer.CancelledError) or request._disconnected:
+            return
+        self.log.failure("API request {path} failed", failure, path=request.path)
+        write_json(request, 500, {"error": "internal error"})
+
+
+class Api:
+    """
+    The API's behaviour, independent of twisted.web plumbing.
+
+    @param plugins: loaded plugins by name.
+    @param router: the compiled pipelines' router.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: Config,
+        queue: JobQueue,
+        plugins: Mapping[str, Any],
+        router: Any,
+        metrics: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._config = config
+        self._queue = queue
+        self._plugins = plugins
+        self._router = router
+        self._metrics = metrics
+        self._auth = Authenticator.from_config(config)
+        self._started = clock.seconds()
+        self.routes: Sequence[Route] = [
+            self._route(b"GET", r"/healthz", None, self.healthz),
+            self._route(b"GET", r"/jobs", ("jobs:status:ro",), self.list_jobs),
+            self._route(b"GET", r"/job/(?P<job_id>[^/]+)", ("jobs:status:ro",), self.get_job),
+            self._route(b"GET", r"/job/(?P<job_id>[^/]+)/tree", ("jobs:tree:ro",), self.job_tree),
+            self._route(b"POST", r"/plugin/(?P<plugin>[^/]+)/(?P<command>[^/]+)", ("plugin:invoke:ro", "plugin:rw"),
+                        self.invoke_plugin),
+            self._route(b"POST", r"/pipeline/(?P<name>[^/]+)", ("plugin:rw",), self.trigger_pipeline),
+            self._route(b"GET", r"/relay/deliveries", ("relay:ro",), self.relay_deliveries),
+            self._route(b"POST", r"/relay/deliveries/(?P<job_id>[^/]+)/replay", ("relay:rw",), self.relay_replay),
+            self._route(b"GET", r"/metrics", ("metrics:ro",), self.metrics),
+        ]
+
+    @staticmethod
+    def _route(method: bytes, pattern: str, scopes: tuple[str, ...] | None, handler: Handler) -> Route:
+        return Route(method, re.compile(pattern + r"/?\Z"), scopes, handler)
+
+    def resource(self) -> resource.Resource:
+        """The root of the web tree: API routes, with room for the relay ingress."""
+        leaf = ApiLeaf(self)
+
+        class Root(resource.Resource):
+            def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+                return leaf
+
+        return Root()
+
+    async def handle(self, request: server.Request) -> tuple[int, Any]:
+        path = request.path.decode("utf-8", "replace")
+        matched_path = False
+        for route in self.routes:
+            m = route.pattern.match(path)
+            if m is None:
+                continue
+            matched_path = True
+            if route.method != request.method:
+                continue
+            try:
+                principal = None
+                if route.scopes is not None:
+                    principal = self._auth.authorize(request.getHeader(b"authorization") and
+                                                     request.getHeader(b"authorization").encode("latin-1"),
+                                                     route.scopes)
+                return await route.handler(request, principal, **m.groupdict())
+            except AuthError as e:
+                return e.status, {"error": e.message}
+            except ApiError as e:
+                return e.status, {"error": e.message}
+            except StorageUnavailable:
+                request.setHeader(b"retry-after", b"5")
+                return 503, {"error": "storage unavailable"}
+        if matched_path:
+            return 405, {"error": "method not allowed"}
+        return 404, {"error": "not found"}
+
+    # -- helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _body(request: server.Request) -> dict[str, Any]:
+        request.content.seek(0)
+        raw = request.content.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "invalid JSON body")
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid JSON body")
+        return body
+
+    @staticmethod
+    def _arg(request: server.Request, name: str) -> str | None:
+        values = request.args.get(name.encode())
+        return values[0].decode("utf-8", "replace") if values else None
+
+    # -- handlers -----------------------------------------------------------
+
+    async def healthz(self, request: server.Request, principal: Any) -> tuple[int, Any]:
+        counts = await self._queue.counts()
+        return 200, {
+            "status": "ok",
+            "service": self._config.service.name,
+            "uptime_seconds": int(self._clock.seconds() - self._started),
+            "queue_depth": counts.get("queued", 0) + counts.get("running", 0),
+            "plugins_loaded": len(self._plugins),
+            "version": __version__,
+        }
+
+    async def list_jobs(self, request: server.Request, principal: Any) -> tuple[int, Any]:
+        try:
+            limit = min(200, max(1, int(self._arg(request, "limit") or 50)))
+        except ValueError:
+            raise ApiError(400, "limit must be an integer")
+        jobs = await self._queue.list_jobs(
+            status=self._arg(request, "status"), plugin=self._arg(request, "plugin"),
+            command=self._arg(request, "command"), limit=limit,
+        )
+        with_result = principal is None or principal.allows(("jobs:result:ro",))
+        return 200, {"jobs": [job_view(j, with_result) for j in jobs], "total": len(jobs)}
+
+    async def get_job(self, request: server.Request, principal: Any, job_id: str) -> tuple[int, Any]:
+        job = await self._queue.get_job(job_id)
+        if job is None:
+            raise ApiError(404, "job not found")
+        return 200, job_view(job, principal.allows(("jobs:result:ro",)))
+
+    async def job_tree(self, request: server.Request, principal: Any, job_id: str) -> tuple[int, Any]:
+        tree = await self._queue.job_tree(job_id)
+        if not tree:
+            raise ApiError(404, "job not found")
+        return 200, {"job_id": job_id, "tree": [job_view(j) for j in tree]}
+
+    async def invoke_plugin(self, request: server.Request, principal: Any, plugin: str, command: str) -> tuple[int, Any]:
+        loaded = self._plugins.get(plugin)
+        if loaded is None:
+            raise ApiError(400, "plugin not found")
+        if not loaded.supports(command):
+            raise ApiError(400, "command not supported by plugin")
+        cmd = loaded.commands[command]
+        if getattr(cmd, "type", "write") != "read" and not principal.allows(("plugin:rw",)):
+            raise ApiError(403, "token lacks scope (needs one of: plugin:rw)")
+        body = self._body(request)
+        payload = body.get("payload", {})
+        if command == "handle":
+            if not isinstance(payload, dict):
+                raise ApiError(400, "payload must be a JSON object")
+            payload = Event.create("api.trigger", payload, "api", self._clock.seconds()).to_json()
+        elif not isinstance(payload, dict):
+            raise ApiError(400, "payload must be a JSON object")
+        settings = self._config.plugin_config(plugin)
+        [result] = await self._queue.enqueue(
+            [JobSpec(plugin, command, payload, submitted_by="api", max_attempts=settings.retry.max_attempts)]
+        )
+        return 202, {"job_id": result.job_id, "status": "queued", "plugin": plugin, "command": command}
+
+    async def trigger_pipeline(self, request: server.Request, principal: Any, name: str) -> tuple[int, Any]:
+        body = self._body(request)
+        payload = body.get("payload", {})
+        if not isinstance(payload, dict):
+            raise ApiError(400, "payload must be a JSON object")
+        baggage = body.get("baggage", {})
+        if not isinstance(baggage, dict):
+            raise ApiError(400, "baggage must be a JSON object")
+        try:
+            trigger = self._router.trigger_type(name)
+        except KeyError:
+            raise ApiError(404, f"pipeline {name!r} not found")
+        event = Event.create(trigger or "api.pipeline.trigger", payload, "api", self._clock.seconds(),
+                             dedupe_key=body.get("dedupe_key") or None)
+        dispatches = self._router.route_pipeline(name, event, baggage)
+        specs = [dispatch_to_spec(d, self._config, submitted_by="api", source_event_id=event.event_id)
+                 for d in dispatches]
+        if not specs:
+            return 202, {"job_id": None, "status": "skipped", "plugin": "pipeline", "command": name}
+        results = await self._queue.enqueue(specs)
+        return 202, {"job_id": results[0].job_id, "status": "queued", "plugin": "pipeline", "command": name}
+
+    async def relay_deliveries(self, request: server.Request, principal: Any) -> tuple[int, Any]:
+        jobs = await self._queue.list_jobs(status=self._arg(request, "status"), plugin=RELAY_PLUGIN,
+                                           limit=min(200, int(self._arg(request, "limit") or 50)))
+        out = []
+        for job in jobs:
+            view = job_view(job)
+            relay = job["payload"].get("relay") or {}
+            view["to"] = relay.get("to")
+            view["event_type"] = relay.get("event_type")
+            view["attempts"] = await self._queue.relay_attempts(job["id"])
+            out.append(view)
+        return 200, {"deliveries": out, "total": len(out)}
+
+    async def relay_replay(self, request: server.Request, principal: Any, job_id: str) -> tuple[int, Any]:
+        job = await self._queue.get_job(job_id)
+        if job is None or job["plugin"] != RELAY_PLUGIN:
+            raise ApiError(404, "delivery not found")
+        try:
+            new_id = await self._queue.replay(job_id)
+        except ValueError as e:
+            raise ApiError(409, str(e))
+        return 202, {"job_id": new_id, "replay_of": job_id, "status": "queued"}
+
+    async def metrics(self, request: server.Request, principal: Any) -> tuple[int, Any]:
+        raise ApiError(404, "metrics are not enabled")
