@@ -202,3 +202,16 @@ class SenderTests(unittest.TestCase):
         self.assertEqual(len(stub.received), 3)
         # one persistent connection carried all three
         self.assertEqual(srv.connections, 1)
+
+    async def test_hangup_without_response_is_retryable(self) -> None:
+        stub = StubReceiver(mode="hangup")
+        srv = self.serve(stub)
+        out = await self.sender(instance(srv.base_url)).attempt("lab", ENV)
+        self.assertEqual((out.kind, out.status), ("retryable", None))
+        # Agent's ResponseNeverReceived wrapper is unwrapped to the real reason
+        self.assertRegex(out.error, r"^deliver relay request to lab: Connection(Lost|Done): ")
+
+    async def test_check_is_never_an_errback(self) -> None:
+        report = await self.sender(instance(refused_url())).check("lab")
+        self.assertFalse(report.ok)
+        self.assertEqual(report.item("api.listen").status, "problem")

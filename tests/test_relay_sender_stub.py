@@ -55,6 +55,7 @@ class StubReceiver(Resource):
         peer table; C{202} acceptance for a valid event.
       - C{"fixed"}: always answer C{(status, headers, body)} from C{answer}.
       - C{"stall"}: send headers and part of a body, then never finish.
+      - C{"hangup"}: drop the connection without answering.
       - C{"big"}: answer C{status} with a body of C{big_size} bytes.
       - a callable C{(Received) -> (status, headers, body)} for sequences.
     """
@@ -119,6 +120,9 @@ class StubReceiver(Resource):
             request.write(b'{"status":')
             self.stalled.append(request)
             request.notifyFinish().addErrback(self._stall_lost)
+            return server.NOT_DONE_YET
+        if self.mode == "hangup":
+            request.channel.transport.abortConnection()
             return server.NOT_DONE_YET
         if self.mode == "big":
             status = self.answer[0]

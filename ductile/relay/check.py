@@ -257,22 +257,15 @@ def diagnose_answer(
             inst,
         )
     said = f' "{err}"' if err else ""
-    items = _fill(
-        "",
-        "",
-        known,
-        inst,
-    )
-    # An answer the checklist does not explain: report it, claim nothing.
-    items = [
+    # An answer the checklist does not explain: report it, claim nothing else.
+    return [
         CheckItem(REACH, OK, known[REACH]),
-        *[CheckItem(i.name, UNKNOWN, "not determined") for i in items[1:-1]],
+        *[CheckItem(name, UNKNOWN, "not determined") for name in REMOTE_ORDER[1:]],
         CheckItem(
             "answer",
             PROBLEM,
             f"unexpected answer to the probe: status {status}{said} "
-            f"(expected 400 \"event.type is required\")",
+            f'(expected 400 "event.type is required")',
         ),
-        items[-1],
+        _accept_item(inst),
     ]
-    return items

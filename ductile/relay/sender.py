@@ -18,12 +18,17 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
-from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 
 from ductile.config.models import Instance
 from ductile.relay import check as _check
-from ductile.relay.envelope import Envelope, Origin
+from ductile.relay.envelope import Envelope
 from ductile.relay.http_body import ResponseBodyTooLarge, read_body_bounded
 from ductile.relay.outcome import (
     ACCEPTED,
