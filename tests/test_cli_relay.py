@@ -270,7 +270,7 @@ def lines(text: str) -> dict[str, tuple[str, str]]:
     """Report lines keyed by item name -> (status, detail)."""
     out = {}
     for line in text.splitlines()[1:]:
-        m = re.match(r"^(ok|problem|unknown) +(api\.listen|ingress_path|service\.name|clock skew|key_id|shared secret|accept|instance|secret_ref|answer) +(.*)$", line)
+        m = re.match(r"^(ok|problem|unknown) +(api\.listen|ingress_path|service\.name|clock skew|key_id|shared secret|accept|instance|secret_ref|answer|base_url) +(.*)$", line)
         assert m, line
         out[m.group(2)] = (m.group(1), m.group(3))
     return out
@@ -419,3 +419,15 @@ class CheckTests(unittest.TestCase):
             ("problem", 'secret_ref "relay-lab-v1" does not resolve to a non-empty secret'),
         )
         self.assertEqual(srv.stub.received, [])
+
+    async def test_bad_base_url(self) -> None:
+        code, out = await self.check(config("lab.example"))
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            lines(out)["base_url"],
+            (
+                "problem",
+                'relay instance "lab": base_url "lab.example" with ingress_path '
+                '"/ingest/peer/home-primary" is not an absolute http(s) URL',
+            ),
+        )

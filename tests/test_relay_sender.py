@@ -215,3 +215,23 @@ class SenderTests(unittest.TestCase):
         report = await self.sender(instance(refused_url())).check("lab")
         self.assertFalse(report.ok)
         self.assertEqual(report.item("api.listen").status, "problem")
+
+    async def test_bad_urls_are_permanent(self) -> None:
+        s = self.sender(
+            instance("lab.example", name="noscheme"),
+            instance("ftp://lab.example", name="ftp"),
+            instance("http://exa mple.com", name="idna"),
+        )
+        out = await s.attempt("noscheme", ENV)
+        self.assertEqual(
+            (out.kind, out.error),
+            (
+                "permanent",
+                'relay instance "noscheme": base_url "lab.example" with ingress_path '
+                '"/ingest/peer/home-primary" is not an absolute http(s) URL',
+            ),
+        )
+        self.assertEqual((await s.attempt("ftp", ENV)).kind, "permanent")
+        out = await s.attempt("idna", ENV)
+        self.assertEqual(out.kind, "permanent")
+        self.assertTrue(out.error.startswith("deliver relay request to idna: "), out.error)

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.web.error import SchemeNotSupported
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -48,6 +49,25 @@ log = Logger(namespace="ductile.relay.sender")
 
 class DeliveryTimeout(Exception):
     """The whole exchange outlived the instance's timeout."""
+
+
+class InvalidInstanceURL(ValueError):
+    """C{base_url + ingress_path} is not an absolute http(s) URL."""
+
+
+def _check_url(inst: Instance) -> str:
+    url = inst.url
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidInstanceURL(
+            f'relay instance "{inst.name}": base_url "{inst.base_url}" with ingress_path '
+            f'"{inst.ingress_path}" is not an absolute http(s) URL'
+        )
+    return url
 
 
 @attrs.frozen
@@ -141,8 +161,9 @@ class RelaySender:
         failure; a body over the cap yields C{truncated=True} and no body.
 
         @raise SigningError: synchronously, when the secret is empty.
+        @raise InvalidInstanceURL: synchronously, for a malformed URL.
         """
-        url = inst.url
+        url = _check_url(inst)
         path = unquote(urlsplit(url).path)
         timestamp = format_rfc3339nano(self._reactor.seconds())
         signature = sign(inst.secret, "POST", path, timestamp, body)
@@ -156,9 +177,12 @@ class RelaySender:
             headers["X-Ductile-Key-Id"] = [inst.key_id.strip()]
         timeout = inst.timeout if inst.timeout > 0 else 10.0
 
-        d = self._client(timeout).request(
-            "POST", url, data=body, headers=headers, unbuffered=True
-        )
+        try:
+            d = self._client(timeout).request(
+                "POST", url, data=body, headers=headers, unbuffered=True
+            )
+        except Exception:  # e.g. an IDNA-invalid host name: a config problem
+            d = defer.fail()
 
         def got_response(response: Any) -> defer.Deferred[RawResponse]:
             body_d = read_body_bounded(response, self._max_body)
@@ -221,7 +245,7 @@ class RelaySender:
         body = envelope.to_bytes()
         try:
             d = self.exchange(inst, body)
-        except SigningError as e:
+        except (SigningError, InvalidInstanceURL) as e:
             return defer.succeed(DeliveryOutcome(PERMANENT, error=str(e)))
 
         def answered(raw: RawResponse) -> DeliveryOutcome:
@@ -252,8 +276,10 @@ class RelaySender:
             return outcome
 
         def failed(f: Failure) -> DeliveryOutcome:
+            # A URL the client cannot use will not get better by retrying.
+            kind = PERMANENT if f.check(SchemeNotSupported, ValueError) else RETRYABLE
             outcome = DeliveryOutcome(
-                RETRYABLE,
+                kind,
                 error=transport_error(name, describe_failure(f)),
                 duration=self._reactor.seconds() - start,
             )
@@ -287,6 +313,9 @@ class RelaySender:
             return defer.succeed(_check.CheckReport(name, tuple(items)))
         try:
             d = self.exchange(inst, _check.probe_body(self.service_name))
+        except InvalidInstanceURL as e:
+            items.append(_check.CheckItem("base_url", _check.PROBLEM, str(e)))
+            return defer.succeed(_check.CheckReport(name, tuple(items)))
         except SigningError as e:  # pragma: no cover - local_items caught empty secrets
             items.append(_check.CheckItem("secret_ref", _check.PROBLEM, str(e)))
             return defer.succeed(_check.CheckReport(name, tuple(items)))
