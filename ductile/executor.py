@@ -215,7 +215,7 @@ class JobExecutor:
     # -- relay jobs -----------------------------------------------------
 
     async def _run_relay(self, job: ClaimedJob) -> None:
-        from ductile.relay.outcome import delay_for_retry
+        from ductile.relay.outcome import next_delay
 
         relay = job.payload.get("relay") or {}
         target = relay.get("to", "")
@@ -275,7 +275,7 @@ class JobExecutor:
             return
         instance = self._config.enabled_instance(target)
         if outcome.kind == "retryable" and instance is not None and job.attempt < job.max_attempts:
-            delay = delay_for_retry(job.attempt, instance.retry, outcome.retry_after, self._rng)
+            delay = next_delay(job.attempt, instance.retry, self._rng, outcome.retry_after)
             self.log.warn(
                 "relay job {job_id} to {instance} attempt {attempt} failed: {error}; retrying in {delay:.1f}s",
                 job_id=job.id, instance=target, attempt=job.attempt, error=outcome.error, delay=delay,

@@ -16,6 +16,7 @@ from ductile import __version__
 #: Modules that contribute a noun, in the order they appear in C{--help}.
 NOUN_MODULES = (
     "ductile.cli.config_cmd",
+    "ductile.cli.relay_cmd",
 )
 
 
