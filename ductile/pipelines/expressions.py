@@ -128,7 +128,8 @@ def check_path(path: Any, roots: Collection[str] = ROOTS) -> str | None:
     if not is_path(path):
         return f"invalid path {path!r} (expected {' / '.join(r + '.<key>' for r in roots)})"
     if path.strip().split(".")[0] not in roots:
-        return f"path {path!r} may not use root {path.strip().split('.')[0]!r} here"
+        allowed = " / ".join(r + ".<key>" for r in roots)
+        return f"path {path!r} may not use root {path.strip().split('.')[0]!r} here (expected {allowed})"
     return None
 
 
