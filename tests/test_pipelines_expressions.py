@@ -11,6 +11,7 @@ from ductile.pipelines.expressions import (
     Scope,
     check_expression,
     evaluate,
+    evaluate_with,
     lookup,
     remap,
 )
@@ -25,14 +26,14 @@ SCOPE = Scope(
 class PathTests(SynchronousTestCase):
     def test_nested_and_list_index(self) -> None:
         self.assertEqual(lookup("payload.meta.id", SCOPE), (True, "a1"))
-        self.assertEqual(lookup("payload.meta.tags.1", SCOPE), (True, "y"))
         self.assertEqual(lookup("context.web.url", SCOPE), (True, "http://h"))
         self.assertEqual(lookup("config.bucket", SCOPE), (True, "cold"))
 
     def test_missing(self) -> None:
         self.assertEqual(lookup("payload.meta.nope", SCOPE), (False, None))
         self.assertEqual(lookup("payload.n.deeper", SCOPE), (False, None))
-        self.assertEqual(lookup("payload.meta.tags.9", SCOPE), (False, None))
+        # as in Go, lists are not indexed by path
+        self.assertEqual(lookup("payload.meta.tags.1", SCOPE), (False, None))
         self.assertEqual(lookup("other.x", SCOPE), (False, None))
 
     def test_whole_root(self) -> None:
@@ -56,9 +57,18 @@ class EvaluateTests(SynchronousTestCase):
         self.assertEqual(evaluate("n={payload.n}", SCOPE), "n=3")
         self.assertEqual(evaluate("{payload.name}-{context.trace_id}", SCOPE), "nightly-tr-1")
         self.assertEqual(evaluate("f={payload.flag} t={payload.meta.tags}", SCOPE), 'f=false t=["x","y"]')
+        self.assertEqual(evaluate("[{payload.none}]", SCOPE), "[]")
+        self.assertEqual(evaluate("{payload.n}", Scope(payload={"n": 3.0})), 3.0)
+        self.assertEqual(evaluate("n={payload.n}", Scope(payload={"n": 3.0})), "n=3")
+        self.assertEqual(evaluate("n={payload.n}", Scope(payload={"n": 2.5})), "n=2.5")
 
-    def test_literal(self) -> None:
-        self.assertEqual(evaluate("fast", SCOPE), "fast")
+    def test_with_bare_strings_are_literals(self) -> None:
+        # Go's with: only resolves {templates}; a bare string is a literal.
+        self.assertEqual(evaluate_with("fast", SCOPE), "fast")
+        self.assertEqual(evaluate_with("payload.n", SCOPE), "payload.n")
+        self.assertEqual(evaluate_with("{payload.n}", SCOPE), 3)
+        self.assertEqual(evaluate_with(7, SCOPE), 7)
+        self.assertEqual(remap({"p": "payload.n"}, SCOPE, paths=True), {"p": 3})
         self.assertEqual(evaluate(7, SCOPE), 7)
 
     def test_missing_path_names_path(self) -> None:

@@ -147,7 +147,9 @@ pipelines:
         with:
           count: "{payload.n}"
           label: "n={payload.n}"
-          doc: payload.doc
+          doc: "{payload.doc}"
+          mode: fast
+          literal: payload.n
       - id: store
         uses: c
 """
@@ -162,6 +164,8 @@ pipelines:
         self.assertEqual(d2.event.payload["count"], 4)
         self.assertEqual(d2.event.payload["label"], "n=4")
         self.assertEqual(d2.event.payload["doc"], {"title": "t"})
+        self.assertEqual(d2.event.payload["mode"], "fast")
+        self.assertEqual(d2.event.payload["literal"], "payload.n")
         self.assertEqual(d2.event.payload["n"], 4)
         d3 = after(r, d2, event("page.transformed", {"summary": "short"}, "b"))[0]
         self.assertEqual(d3.step_id, "store")

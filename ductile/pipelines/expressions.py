@@ -20,7 +20,7 @@ import attrs
 
 ROOTS = ("payload", "context", "config")
 
-_SEGMENT = r"[A-Za-z0-9_\-]+"
+_SEGMENT = r"[^.{}\s]+"
 PATH_RE = re.compile(rf"^(payload|context|config)(?:\.{_SEGMENT})*$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -54,13 +54,7 @@ def lookup(path: str, scope: Scope) -> tuple[bool, Any]:
         return False, None
     value: Any = scope.root(parts[0])
     for part in parts[1:]:
-        if isinstance(value, Mapping):
-            value = value.get(part, _MISSING)
-        elif isinstance(value, list) and part.isdigit():
-            index = int(part)
-            value = value[index] if index < len(value) else _MISSING
-        else:
-            value = _MISSING
+        value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
         if value is _MISSING:
             return False, None
     return True, value
@@ -83,8 +77,13 @@ def is_template(expr: Any) -> bool:
 
 
 def _format(value: Any) -> str:
+    """Text of one placeholder: null renders empty (as in Go), JSON otherwise."""
+    if value is None:
+        return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
@@ -98,24 +97,36 @@ def render_template(template: str, scope: Scope) -> Any:
 
 def evaluate(expr: Any, scope: Scope) -> Any:
     """
-    Evaluate one C{with}/C{relay} value: a template, a bare path (typed), or
-    a literal (a non-string, or a string that is neither).
+    Evaluate a C{relay:}/C{baggage:} value: a template, else a path (typed).
+    A non-string is returned as is.
     """
     if not isinstance(expr, str):
         return expr
     if is_template(expr):
         return render_template(expr, scope)
-    if is_path(expr):
-        return resolve_path(expr, scope)
+    return resolve_path(expr, scope)
+
+
+def evaluate_with(expr: Any, scope: Scope) -> Any:
+    """
+    Evaluate a step C{with:} value.  As in Go, a string without braces is a
+    literal (C{mode: fast}, and also C{payload.x}); only templates resolve.
+    """
+    if is_template(expr):
+        return render_template(expr, scope)
     return expr
 
 
-def remap(spec: Mapping[str, Any], scope: Scope) -> dict[str, Any]:
-    """Evaluate every value of a C{with} mapping against one snapshot."""
+def remap(spec: Mapping[str, Any], scope: Scope, *, paths: bool = False) -> dict[str, Any]:
+    """
+    Evaluate every value of a C{with} mapping against one snapshot.  With
+    C{paths=True} (the C{relay:} step) a bare string is a path, not a literal.
+    """
     out: dict[str, Any] = {}
-    for key, expr in spec.items():
+    for key in sorted(spec):
+        expr = spec[key]
         try:
-            out[key] = evaluate(expr, scope)
+            out[key] = evaluate(expr, scope) if paths else evaluate_with(expr, scope)
         except ExpressionError as e:
             raise ExpressionError(f"with.{key}: {e}") from None
     return out

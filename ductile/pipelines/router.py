@@ -265,7 +265,7 @@ class Router:
         relay = None
         error = None
         try:
-            payload = remap(spec.with_, scope) if spec.with_ is not None else copy.deepcopy(dict(event.payload))
+            payload = remap(spec.with_, scope, paths=True) if spec.with_ is not None else copy.deepcopy(dict(event.payload))
             if spec.dedupe_key is not None:
                 key = evaluate(spec.dedupe_key, scope)
                 dedupe = None if key is None else (key if isinstance(key, str) else str(key))
