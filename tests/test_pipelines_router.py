@@ -271,6 +271,45 @@ pipelines:
         self.assertEqual(post.step_id, "post")
         self.assertEqual(post.instance_id, c1.instance_id)
 
+    def test_conditional_call(self) -> None:
+        r = router("""
+pipelines:
+  - name: caller
+    on: go.now
+    steps:
+      - id: sub
+        call: callee
+        if: {path: payload.deep, op: eq, value: true}
+      - id: post
+        uses: d
+  - name: callee
+    on: callee.start
+    steps:
+      - id: c1
+        uses: b
+""")
+        self.assertEqual(steps(r.route_root(event("go.now", {"deep": True}))), [("caller", "sub/c1", "b")])
+        self.assertEqual(steps(r.route_root(event("go.now", {"deep": "yes"}))), [("caller", "post", "d")])
+        # the called pipeline still runs on its own trigger, as its own pipeline
+        self.assertEqual(steps(r.route_root(event("callee.start"))), [("callee", "c1", "b")])
+
+    def test_terminal_steps(self) -> None:
+        r = router("""
+pipelines:
+  - name: t
+    on: go.now
+    steps:
+      - id: s
+        uses: a
+      - split: [{id: x, uses: b}, {id: y, uses: c}]
+""")
+        (s,) = r.route_root(event("go.now"))
+        self.assertFalse(r.is_terminal(s.context))
+        x, y = after(r, s)
+        self.assertTrue(r.is_terminal(x.context))
+        self.assertTrue(r.is_terminal(y.context))
+        self.assertTrue(r.is_terminal({}))
+
     def test_nested_steps(self) -> None:
         r = router("""
 pipelines:
