@@ -122,6 +122,23 @@ pipelines:
         self.assertEqual(r.route_root(event("thing.happened.more")), [])
         self.assertEqual(r.route_root(event("Thing.Happened")), [])
 
+    def test_trigger_if_context(self) -> None:
+        r = router("""
+pipelines:
+  - name: ctx
+    on: thing.happened
+    if: {path: context.tier, op: eq, value: gold}
+    steps: [{id: s, uses: a}]
+  - name: src
+    on: src.start
+    steps: [{id: s, uses: b}]
+""")
+        # root ingress: the trigger predicate sees no context, even with baggage
+        self.assertEqual(r.route_root(event("thing.happened"), baggage={"tier": "gold"}), [])
+        (src,) = r.route_root(event("src.start"), baggage={"tier": "gold"})
+        ds = r.route_next(event("thing.happened", {}, "b"), src.context, "b")
+        self.assertEqual(steps(ds), [("ctx", "s", "a")])
+
     def test_from_plugin(self) -> None:
         r = router(self.TEXT)
         self.assertIn(("only-from-emitter", "s", "d"), steps(r.route_root(event("thing.happened"), source_plugin="emitter")))

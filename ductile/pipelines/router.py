@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from ductile.events import Event, new_id
 from ductile.pipelines import context as ctxmod
 from ductile.pipelines.compiler import HANDLE, RELAY_PLUGIN, Node, Pipeline, Pipelines
-from ductile.pipelines.context import apply_claims, baggage_of, merge_baggage, project
+from ductile.pipelines.context import apply_claims, baggage_of, project
 from ductile.pipelines.expressions import ExpressionError, Scope, evaluate, remap
 
 log = Logger()
@@ -139,15 +139,22 @@ class Router:
         source_plugin: str | None = None,
         *,
         source_depth: int = 0,
+        source_context: Mapping[str, Any] | None = None,
     ) -> list[Dispatch]:
-        """Start every pipeline whose C{on} is exactly C{event.type}."""
+        """
+        Start every pipeline whose C{on} is exactly C{event.type}.
+
+        A trigger C{if} sees the payload and C{source_context} (the emitting
+        job's context; empty for root ingress, as in Go where relay and API
+        roots evaluate trigger predicates with a nil context).
+        """
         out: list[Dispatch] = []
         for name in self._p.by_trigger.get(event.type.strip(), ()):
             pipeline = self._p.by_name[name]
             if pipeline.from_plugin and pipeline.from_plugin != (source_plugin or "").strip():
                 continue
             if pipeline.condition is not None:
-                scope = Scope(payload=event.payload, context=dict(baggage or {}))
+                scope = Scope(payload=event.payload, context=dict(source_context or {}))
                 if not pipeline.condition.evaluate(scope):
                     log.debug("pipeline {pipeline} trigger if is false", pipeline=name)
                     continue
@@ -184,7 +191,10 @@ class Router:
             if self._p.by_trigger.get(event.type.strip()):
                 log.warn("root chain limit {limit} refused {type}", limit=self._root_chain_limit, type=event.type)
         else:
-            out += self.route_root(event, baggage_of(source_context), source_plugin, source_depth=depth)
+            out += self.route_root(
+                event, baggage_of(source_context), source_plugin,
+                source_depth=depth, source_context=source_context,
+            )
         return _dedupe(out)
 
     # -- internals ---------------------------------------------------------
@@ -214,7 +224,7 @@ class Router:
             node = hop.pipeline.nodes[ident]
             if node.condition is not None:
                 config = self._configs.get(node.plugin or "", {})
-                scope = Scope(payload=event.payload, context=_baggage_view(hop.base), config=config)
+                scope = Scope(payload=event.payload, context=hop.base, config=config)
                 if not node.condition.evaluate(scope):
                     out += self._expand(hop, node.next, event, seen)
                     continue
@@ -279,11 +289,6 @@ class Router:
         return Dispatch(plugin=RELAY_PLUGIN, event=event, context=context, relay=relay, error=error, **fields)
 
 
-def _baggage_view(base: Mapping[str, Any]) -> dict[str, Any]:
-    """The context a predicate sees: baggage plus the internal keys."""
-    return dict(base)
-
-
 def _dedupe(dispatches: list[Dispatch]) -> list[Dispatch]:
     seen: set[tuple[str, ...]] = set()
     out = []
@@ -295,4 +300,4 @@ def _dedupe(dispatches: list[Dispatch]) -> list[Dispatch]:
     return out
 
 
-__all__ = ["Dispatch", "RelayDispatch", "Router", "UnknownPipeline", "merge_baggage"]
+__all__ = ["Dispatch", "RelayDispatch", "Router", "UnknownPipeline"]
