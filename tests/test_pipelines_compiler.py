@@ -24,6 +24,20 @@ def compile_yaml(text: str, plugins: Collection[str] = PLUGINS, instances: Colle
 
 
 class StructureTests(SynchronousTestCase):
+    def test_empty(self) -> None:
+        ps = compile_pipelines([], PLUGINS)
+        self.assertEqual((dict(ps.by_name), dict(ps.by_trigger)), ({}, {}))
+
+    def test_quoted_on_key(self) -> None:
+        # PyYAML reads a bare on: as True; a quoted "on": is the string key.
+        ps = compile_yaml("""
+pipelines:
+  - name: q
+    "on": x.y
+    steps: [{uses: a}]
+""")
+        self.assertEqual(ps.by_trigger["x.y"], ("q",))
+
     def test_sequence(self) -> None:
         p = compile_yaml("""
 pipelines:
