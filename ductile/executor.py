@@ -59,6 +59,7 @@ def dispatch_to_spec(
             "to": relay.to,
             "event_type": relay.event_type,
             "dedupe_key": relay.dedupe_key,
+            "payload": dict(relay.payload),
             "baggage": dict(relay.baggage),
         }
         instance = config.enabled_instance(relay.to)
@@ -225,7 +226,7 @@ class JobExecutor:
             return
         envelope = Envelope(
             event_type=relay.get("event_type") or event.type,
-            payload=event.payload,
+            payload=relay.get("payload", event.payload),
             dedupe_key=relay.get("dedupe_key") or "",
             origin=Origin(
                 instance=self._config.service.name, plugin=RELAY_PLUGIN, job_id=job.id, event_id=event.event_id

@@ -44,5 +44,5 @@ def build_instance(config: Config) -> Instance:
         plugins=dict(found.plugins),
         plugin_problems=tuple(found.problems),
         pipelines=pipelines,
-        router=Router(pipelines),
+        router=Router(pipelines, plugin_configs={n: dict(p.config) for n, p in config.plugins.items()}),
     )

@@ -277,7 +277,7 @@ class Api:
         if not isinstance(baggage, dict):
             raise ApiError(400, "baggage must be a JSON object")
         try:
-            trigger = self._router.trigger_type(name)
+            trigger = self._router.pipeline(name).on
         except KeyError:
             raise ApiError(404, f"pipeline {name!r} not found")
         event = Event.create(trigger or "api.pipeline.trigger", payload, "api", self._clock.seconds(),
