@@ -174,7 +174,7 @@ class RemoteIngressResource(Resource):
     """
     The leaf that answers C{POST {listen_path}/{peer}}; the peer is the last
     C{prepath} segment (see L{mount_remote_ingress}).  Only POST is
-    defined, so other methods get Twisted's 405.
+    defined; every other method gets a plain 405.
     """
 
     isLeaf = True
@@ -191,6 +191,15 @@ class RemoteIngressResource(Resource):
         self._acceptor = acceptor
         self._clock = clock
         self._stats = stats
+
+    def render(self, request: server.Request) -> bytes | int:
+        # Every other method is chi's plain 405 (Twisted would say 501 for
+        # methods outside GET/HEAD/POST).
+        if request.method != b"POST":
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"POST")
+            return b""
+        return self.render_POST(request)
 
     def render_POST(self, request: server.Request) -> bytes | int:
         claimed = request.prepath[-1] if request.prepath else b""
