@@ -100,7 +100,7 @@ def envelope(
     baggage: Mapping[str, Any] | None = None,
     dedupe_key: str | None = None,
 ) -> bytes:
-    event: dict[str, Any] = {"type": event_type, "payload": dict(payload or {"a": 1})}
+    event: dict[str, Any] = {"type": event_type, "payload": dict(payload if payload is not None else {"a": 1})}
     if dedupe_key is not None:
         event["dedupe_key"] = dedupe_key
     out: dict[str, Any] = {
