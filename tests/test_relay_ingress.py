@@ -10,7 +10,7 @@ L{task.Clock} set to the signed timestamp; the queue is a fake L{Acceptor}.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred, succeed
@@ -589,9 +589,11 @@ class RejectionTests(IngressHTTPTestCase):
         response = await self.relay(envelope())
         self.assertEqual(response.status, 500)
         self.assertEqual(response.body, b'{"error":"failed to enqueue relay event"}\n')
-        [failed] = [e for e in self.logged if "log_failure" in e]
+        # Exactly one line, carrying the failure and the rejection fields.
+        [failed] = [e for e in self.logged if e.get("reason")]
         self.assertTrue(failed["log_failure"].check(RuntimeError))
         self.assertEqual(failed["peer"], "home-primary")
+        self.assertEqual(failed["reason"], "enqueue_failed")
         self.assertEqual(self.stats.rejected, {"enqueue_failed": 1})
 
     async def test_storage_unavailable_503(self) -> None:

@@ -94,7 +94,7 @@ class ResourceLevelRowsTests(SynchronousTestCase):
             (response.status, response.body),
             (500, b'{"error":"failed to accept relay request"}\n'),
         )
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        [logged] = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(served.acceptor.calls, [])
         self.assertEqual(served.stats.rejected, {"accept_error": 1})
 

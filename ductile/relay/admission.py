@@ -66,7 +66,8 @@ STORAGE_UNAVAILABLE = Row(
 class Rejected(Exception):
     """
     The request fails a check; C{fields} are extra structured log fields
-    (never secrets, signatures or bodies).
+    (never secrets, signatures or bodies); a C{failure} field is logged as
+    the traceback of an unexpected error.
     """
 
     def __init__(self, row: Row, **fields: Any) -> None:

@@ -133,17 +133,23 @@ def _claimed_peer_from_target(target: Any) -> str:
 
 
 def _log_rejection(
-    row: Row, *, peer: str, remote: str, fields: Mapping[str, Any]
+    row: Row,
+    *,
+    peer: str,
+    remote: str,
+    fields: Mapping[str, Any],
+    failure: Failure | None = None,
 ) -> None:
-    log.warn(
-        "relay rejected from peer {peer!r} at {remote}: {reason} ({status})",
-        peer=peer,
-        remote=remote,
-        reason=row.reason,
-        status=row.status,
-        error=row.message,
-        **fields,
+    """One line per rejection; with the failure (traceback) when there is one."""
+    text = "relay rejected from peer {peer!r} at {remote}: {reason} ({status})"
+    values = dict(
+        peer=peer, remote=remote, reason=row.reason, status=row.status, error=row.message
     )
+    values.update(fields)
+    if failure is not None:
+        log.failure(text, failure, **values)
+    else:
+        log.warn(text, **values)
 
 
 def _header(request: server.Request, name: bytes) -> str:
@@ -207,7 +213,9 @@ class RemoteIngressResource(Resource):
         try:
             checked = self._check(request, peer_name)
         except Rejected as rejection:
-            return self._reject(request, peer_name, rejection.row, rejection.fields)
+            fields = dict(rejection.fields)
+            failure = fields.pop("failure", None)
+            return self._reject(request, peer_name, rejection.row, fields, failure)
         return self._accept(request, checked)
 
     # -- the checks, in contract order -------------------------------------
@@ -271,8 +279,7 @@ class RemoteIngressResource(Resource):
             )
             baggage = admission.admit_baggage(envelope.baggage, peer.baggage_allow)
         except Exception:  # 17
-            log.failure("relay event construction failed for peer {peer}", peer=peer.name)
-            raise Rejected(admission.ACCEPT_ERROR) from None
+            raise Rejected(admission.ACCEPT_ERROR, failure=Failure()) from None
         return _Checked(peer=peer, event=event, baggage=baggage)
 
     # -- answers -----------------------------------------------------------
@@ -283,9 +290,16 @@ class RemoteIngressResource(Resource):
         peer_name: str,
         row: Row,
         fields: Mapping[str, Any],
+        failure: Failure | None = None,
     ) -> bytes:
         self._stats.record_rejected(row.reason)
-        _log_rejection(row, peer=peer_name, remote=remote_address(request), fields=fields)
+        _log_rejection(
+            row,
+            peer=peer_name,
+            remote=remote_address(request),
+            fields=fields,
+            failure=failure,
+        )
         body = write_error(request, row.status, row.message)
         if row is admission.STORAGE_UNAVAILABLE:
             request.setHeader(b"retry-after", b"%d" % (RETRY_AFTER_SECONDS,))
@@ -367,20 +381,18 @@ class RemoteIngressResource(Resource):
                     peer=checked.peer.name,
                 )
             return
+        fields: dict[str, Any] = {
+            "event_type": checked.event.type,
+            "receiver_event_id": checked.event.event_id,
+        }
         if failure.check(StorageUnavailable):
             row = admission.STORAGE_UNAVAILABLE
-            fields: dict[str, Any] = {"storage_error": failure.getErrorMessage()}
+            fields["storage_error"] = failure.getErrorMessage()
+            logged_failure = None
         else:
             row = admission.ENQUEUE_FAILED
-            fields = {}
-            log.failure(
-                "relay enqueue failed for {event_type} from peer {peer}",
-                failure,
-                peer=checked.peer.name,
-                event_type=checked.event.type,
-                receiver_event_id=checked.event.event_id,
-            )
-        body = self._reject(request, checked.peer.name, row, fields)
+            logged_failure = failure  # logged with its traceback, never the body
+        body = self._reject(request, checked.peer.name, row, fields, logged_failure)
         request.write(body)
         request.finish()
 
