@@ -281,3 +281,26 @@ class LoopbackOversizeTests(TestCase):
         self.assertEqual(response.status, 202, response.raw)
         self.assertEqual(len(self.rendered), 1)
         self.assertEqual(len(self.acceptor.calls), 1)
+
+    async def test_streamed_oversize_body(self) -> None:
+        """
+        The client really sends 2 MB: the 413 still arrives (the server stops
+        reading instead of draining the upload).
+        """
+        body = envelope(payload={"pad": "x" * (2 * 1024 * 1024)})
+        proto = await connect(self.port)
+        proto.transport.write(self.head(body, f"Content-Length: {len(body)}"))
+        proto.transport.write(body)
+        self.assertRefused(await proto.done)
+
+    async def test_many_concurrent_oversize_uploads(self) -> None:
+        """Twenty declared 10 MB uploads at once: every one gets its 413."""
+        body = envelope()
+        protos = [await connect(self.port) for _ in range(20)]
+        for proto in protos:
+            proto.transport.write(self.head(body, "Content-Length: 10485760"))
+        for proto in protos:
+            response = Response(await proto.done)
+            self.assertEqual(response.status, 413)
+        self.assertEqual(self.rendered, [])
+        self.assertEqual(self.stats.rejected, {"payload_too_large": 20})
