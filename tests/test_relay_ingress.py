@@ -747,3 +747,37 @@ class DisconnectTests(IngressHTTPTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(self.stats.accepted, 1)
         self.assertTrue(any("went away" in e["log_format"] for e in self.logged))
+
+
+class SeedExampleTests(IngressHTTPTestCase):
+    """The seed's wire example, built with our own Envelope, is accepted."""
+
+    async def test_seed_envelope(self) -> None:
+        from ductile.relay.envelope import Envelope, Origin
+
+        body = Envelope(
+            event_type="backup.ready",
+            payload={
+                "archive_path": "/srv/backups/latest.tar.zst",
+                "archive_id": "nightly-2026-05-03",
+            },
+            dedupe_key="backup.ready:nightly-2026-05-03",
+            origin=Origin(
+                instance="home-primary",
+                plugin="backup-runner",
+                job_id="job-123",
+                event_id="evt-456",
+            ),
+            baggage={"trace_id": "tr-789"},
+        ).to_bytes()
+        self.serve()
+        response = await self.relay(body)
+        self.assertEqual(response.status, 202, response.raw)
+        [(peer, event, baggage)] = self.acceptor.calls
+        self.assertEqual(event.dedupe_key, "backup.ready:nightly-2026-05-03")
+        self.assertEqual(event.payload["archive_id"], "nightly-2026-05-03")
+        self.assertEqual(baggage, {"trace_id": "tr-789"})
+        self.assertEqual(
+            set(response.json()),
+            {"status", "peer", "event_type", "receiver_event_id", "job_id"},
+        )
