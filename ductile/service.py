@@ -78,7 +78,7 @@ class DuctileService(service.Service):
     async def _start(self) -> None:
         from ductile.plugins.runner import ProcessRunner
         from ductile.relay.acceptor import RelayAcceptor
-        from ductile.relay.ingress import mount_remote_ingress
+        from ductile.relay.ingress import ingress_body_limit_for, mount_remote_ingress
         from ductile.relay.sender import RelaySender
         from ductile.relay.stats import IngressStats
         from ductile.web.limits import DuctileSite
@@ -107,11 +107,15 @@ class DuctileService(service.Service):
         self.api = Api(self.reactor, cfg, self.queue, self.instance.plugins, self.instance.router)
         root = self.api.resource()
         ingress = cfg.remote_ingress
+        self.ingress_stats = IngressStats()
         if ingress is not None:
-            self.ingress_stats = IngressStats()
             acceptor = RelayAcceptor(cfg, self.instance.router, self.queue)
             mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)
-        self.site = DuctileSite(root, body_limit_for=self._body_limit_for, reactor=self.reactor)
+        self.site = DuctileSite(
+            root,
+            body_limit_for=ingress_body_limit_for(ingress, cfg.api.max_body_size, self.ingress_stats),
+            reactor=self.reactor,
+        )
         if cfg.api.enabled or ingress is not None:
             desc = listen_endpoint(cfg.api.listen)
             self.port = await endpoints.serverFromString(self.reactor, desc).listen(self.site)
@@ -134,14 +138,6 @@ class DuctileService(service.Service):
         assert self.queue is not None
         self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
         self.scheduler.start()
-
-    def _body_limit_for(self, path: bytes) -> int:
-        ingress = self.config.remote_ingress
-        if ingress is not None:
-            prefix = ingress.listen_path.rstrip("/").encode() + b"/"
-            if path.startswith(prefix):
-                return ingress.max_body_size
-        return self.config.api.max_body_size
 
     def _plugin_caps(self) -> dict[str, int]:
         caps = {}

@@ -12,9 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$",
+    re.ASCII,
 )
-_UNIX_SECONDS = re.compile(r"^[+-]?\d+$")
+_UNIX_SECONDS = re.compile(r"^[+-]?\d+$", re.ASCII)
 
 
 def format_rfc3339nano(epoch_seconds: float) -> str:
