@@ -28,6 +28,7 @@ from ductile.executor import RELAY_PLUGIN, dispatch_to_spec
 from ductile.queue import JobQueue, JobSpec
 from ductile.timestamps import format_rfc3339nano
 from ductile.web.auth import Authenticator, AuthError
+from ductile.web.json_response import write_json
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
 
@@ -39,10 +40,9 @@ class ApiError(Exception):
         self.message = message
 
 
-def write_json(request: IRequest, status: int, body: Any) -> None:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.write(json.dumps(body).encode("utf-8") + b"\n")
+def respond(request: IRequest, status: int, body: Any) -> None:
+    """Write a JSON answer and finish the request."""
+    request.write(write_json(request, status, body))
     request.finish()
 
 
@@ -94,7 +94,7 @@ class ApiLeaf(resource.Resource):
     def render(self, request: server.Request) -> Any:
         d = defer.ensureDeferred(self._api.handle(request))
         request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallback(lambda r: None if request._disconnected else write_json(request, *r))
+        d.addCallback(lambda r: None if request._disconnected else respond(request, *r))
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
 
@@ -102,7 +102,7 @@ class ApiLeaf(resource.Resource):
         if failure.check(defer.CancelledError) or request._disconnected:
             return
         self.log.failure("API request {path} failed", failure, path=request.path)
-        write_json(request, 500, {"error": "internal error"})
+        respond(request, 500, {"error": "internal error"})
 
 
 class Api:
