@@ -1,0 +1,58 @@
+"""
+A YAML loader that reads booleans the way Go's yaml.v3 does.
+
+PyYAML follows YAML 1.1, where C{on}, C{off}, C{yes} and C{no} are booleans;
+a pipeline's C{on: backup.ready} key would become C{True}.  This loader
+resolves only C{true}/C{false} as booleans and drops sexagesimal numbers
+(YAML 1.2 core schema, as yaml.v3 does).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+
+class DuctileYamlLoader(yaml.SafeLoader):
+    """C{yaml.SafeLoader} with YAML 1.2 booleans."""
+
+
+_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+DuctileYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# YAML 1.2 core schema: no sexagesimal numbers (``1:30`` stays a string).
+DuctileYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+DuctileYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+DuctileYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with L{DuctileYamlLoader}."""
+    return yaml.load(text, Loader=DuctileYamlLoader)
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """A one-line description of a parse error with its line and column."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"invalid YAML: {problem}"
