@@ -15,7 +15,30 @@ import yaml
 
 
 class DuctileYamlLoader(yaml.SafeLoader):
-    """C{yaml.SafeLoader} with YAML 1.2 booleans."""
+    """
+    C{yaml.SafeLoader} with YAML 1.2 scalars and, as in yaml.v3, a mapping
+    key repeated in one mapping is an error rather than a silent override.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: reported by the base class
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"mapping key {key!r} is already defined",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
