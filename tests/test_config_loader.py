@@ -630,6 +630,7 @@ class RelayValidationTests(SynchronousTestCase, ConfigDirMixin):
                       - {name: lab, enabled: false, base_url: 'http://x', ingress_path: /x, secret_ref: t}
                     remote_ingress:
                       peers: [{name: old, enabled: false, secret_ref: '${GONE}'}]
+                    api: {enabled: true, auth: {tokens: [{token: x, scopes: ['*']}]}}
                 """
                 )
             }
@@ -715,10 +716,15 @@ class RelayValidationTests(SynchronousTestCase, ConfigDirMixin):
         self.assertWarning(config.warnings, "remote_ingress.peers[0].name", '"Peer1"')
         self.assertWarning(config.warnings, "instances[0].ingress_path", '"/ingest/peer/other"', 'does not end in "/Home_Primary"')
 
+    def test_remote_ingress_without_api_warns(self) -> None:
+        config = self.load({"config.yaml": RELAY_BASE + "remote_ingress: {peers: [{name: p, secret_ref: t}]}\n"})
+        self.assertWarning(config.warnings, "config.yaml: remote_ingress:", "api.enabled is false")
+
     def test_api_and_remote_ingress_together(self) -> None:
         config = self.load({"config.yaml": RELAY_BASE + "api: {enabled: true, auth: {tokens: [{token: x, scopes: ['*']}]}}\nremote_ingress: {peers: [{name: p, secret_ref: t}]}\n"})
         self.assertTrue(config.api.enabled)
         self.assertIsNotNone(config.remote_ingress)
+        self.assertEqual(config.warnings, ())
 
 
 class UnknownKeyTests(SynchronousTestCase, ConfigDirMixin):

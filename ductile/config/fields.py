@@ -71,7 +71,7 @@ class At:
             self.invalid(name, value, expected)
             return default
 
-    def str(self, name: str, default: str = "", *, required: bool = False) -> str:
+    def text(self, name: str, default: str = "", *, required: bool = False) -> str:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -87,7 +87,7 @@ class At:
             self.error(name, "is required and must not be empty")
         return text
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         def convert(v: Any) -> bool:
             if isinstance(v, bool):
                 return v
@@ -97,7 +97,7 @@ class At:
 
         return self._convert(name, default, convert, "expected true or false")
 
-    def int(self, name: str, default: Any, *, minimum: int | None = None) -> Any:
+    def whole(self, name: str, default: Any, *, minimum: int | None = None) -> Any:
         def convert(v: Any) -> int:
             if isinstance(v, bool):
                 raise ValueError(v)
@@ -134,7 +134,7 @@ class At:
         return self._convert(name, default, parse_byte_size, f"expected {SIZE_EXPECTED}")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if value.lower() not in choices:
             self.invalid(name, value, "expected one of " + ", ".join(choices))
             return default

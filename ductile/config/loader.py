@@ -129,6 +129,12 @@ def load_config(
     manhole_at = admin.sub("manhole") if admin.has("manhole") else None
     manhole = build_manhole(manhole_at, config_dir, home)
     pipelines = build_pipelines(located("pipelines"), report)
+    if remote_ingress is not None and not api.enabled:
+        report.warn(
+            merged.file_of(("remote_ingress",)),
+            "remote_ingress",
+            "the relay ingress is served on api.listen, but api.enabled is false: no peer can reach it",
+        )
 
     if report.errors:
         raise ConfigError(report.errors, report.warnings)

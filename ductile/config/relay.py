@@ -91,7 +91,7 @@ def _event_types(at: At, field: str) -> tuple[str, ...]:
 
 def _enabled(item: Located, report: Report) -> bool:
     at = At.in_file(item.value, "", item.file, report)
-    return at.bool("enabled", True) if isinstance(item.value, dict) else True
+    return at.flag("enabled", True) if isinstance(item.value, dict) else True
 
 
 def build_instances(
@@ -119,17 +119,17 @@ def build_instances(
 
 
 def _instance(at: At, enabled: bool, service_name: str, secrets: SecretResolver) -> Instance | None:
-    name = at.str("name", required=True)
+    name = at.text("name", required=True)
     if not name:
         return None
     _check_name(at, name, "instance")
     who = f'relay instance "{name}"'
-    base_url = at.str("base_url", required=True)
+    base_url = at.text("base_url", required=True)
     if base_url:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             at.invalid("base_url", base_url, "expected an absolute http:// or https:// URL")
-    ingress_path = at.str("ingress_path", required=True)
+    ingress_path = at.text("ingress_path", required=True)
     if ingress_path:
         if not ingress_path.startswith("/"):
             at.invalid("ingress_path", ingress_path, "expected a path starting with /, e.g. /ingest/peer/" + service_name)
@@ -139,7 +139,7 @@ def _instance(at: At, enabled: bool, service_name: str, secrets: SecretResolver)
                 f'"{ingress_path}" does not end in "/{service_name}" (this instance\'s service.name);'
                 " the receiver identifies the sender by that last path segment",
             )
-    ref = at.str("secret_ref")
+    ref = at.text("secret_ref")
     secret = ""
     if not ref:
         at.error("secret_ref", f"{who}: secret_ref is required (the name of a tokens entry)")
@@ -151,7 +151,7 @@ def _instance(at: At, enabled: bool, service_name: str, secrets: SecretResolver)
     retry_at = at.sub("retry")
     defaults = RelayRetry()
     retry = RelayRetry(
-        max_attempts=retry_at.int("max_attempts", defaults.max_attempts, minimum=1),
+        max_attempts=retry_at.whole("max_attempts", defaults.max_attempts, minimum=1),
         backoff_base=retry_at.duration("backoff_base", defaults.backoff_base, positive=True),
         max_backoff=retry_at.duration("max_backoff", defaults.max_backoff, positive=True),
     )
@@ -162,7 +162,7 @@ def _instance(at: At, enabled: bool, service_name: str, secrets: SecretResolver)
         secret_ref=ref,
         secret=secret,
         enabled=enabled,
-        key_id=at.str("key_id"),
+        key_id=at.text("key_id"),
         timeout=timeout,
         allow=_event_types(at, "allow"),
         retry=retry,
@@ -174,7 +174,7 @@ def build_remote_ingress(
 ) -> RemoteIngress | None:
     if section is None:
         return None
-    listen_path = normalise_listen_path(section.str("listen_path", DEFAULT_LISTEN_PATH))
+    listen_path = normalise_listen_path(section.text("listen_path", DEFAULT_LISTEN_PATH))
     if not listen_path.startswith("/"):
         section.invalid("listen_path", listen_path, "expected a path starting with /, e.g. /ingest/peer")
         listen_path = DEFAULT_LISTEN_PATH
@@ -203,13 +203,13 @@ def build_remote_ingress(
         listen_path=listen_path,
         max_body_size=section.size("max_body_size", DEFAULT_BODY),
         allowed_clock_skew=skew,
-        require_key_id=section.bool("require_key_id", False),
+        require_key_id=section.flag("require_key_id", False),
         peers=tuple(peers),
     )
 
 
 def _peer(at: At, enabled: bool, secrets: SecretResolver) -> Peer | None:
-    name = at.str("name", required=True)
+    name = at.text("name", required=True)
     if not name:
         return None
     if "/" in name:
@@ -230,22 +230,22 @@ def _peer(at: At, enabled: bool, secrets: SecretResolver) -> Peer | None:
                 if not isinstance(entry, dict):
                     kat.report.invalid(at.file("keys"), kat.prefix, entry, "expected a mapping with key_id and secret_ref")
                     continue
-                key_id = kat.str("key_id")
+                key_id = kat.text("key_id")
                 if key_id in seen_ids:
                     kat.error("key_id", f'{who}: duplicate key_id "{key_id}"')
                     continue
                 seen_ids.add(key_id)
-                ref = kat.str("secret_ref")
+                ref = kat.text("secret_ref")
                 if not ref:
                     kat.error("secret_ref", f"{who}: secret_ref is required (the name of a tokens entry)")
                     continue
                 keys.append(PeerKey(secret_ref=ref, secret=secrets.resolve(kat, "secret_ref", ref, who), key_id=key_id))
     else:
-        ref = at.str("secret_ref")
+        ref = at.text("secret_ref")
         if not ref:
             at.error("secret_ref", f"{who}: secret_ref is required (the name of a tokens entry)")
         else:
-            keys.append(PeerKey(secret_ref=ref, secret=secrets.resolve(at, "secret_ref", ref, who), key_id=at.str("key_id")))
+            keys.append(PeerKey(secret_ref=ref, secret=secrets.resolve(at, "secret_ref", ref, who), key_id=at.text("key_id")))
     baggage = at.sub("baggage")
     return Peer(
         name=name,

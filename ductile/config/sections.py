@@ -24,7 +24,7 @@ from ductile.config.models import (
     Token,
     default_max_workers,
 )
-from ductile.config.report import Report
+from ductile.config.report import Report, Silent
 from ductile.events import INSTANCE_NAME
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -41,7 +41,7 @@ def resolve_path(path: str, base_dir: str, home: str) -> str:
 
 def build_service(at: At) -> ServiceConfig:
     d = ServiceConfig(max_workers=default_max_workers())
-    name = at.str("name", d.name) or d.name
+    name = at.text("name", d.name) or d.name
     if not INSTANCE_NAME.match(name):
         at.warn("name", f'service name "{name}" should be lower-case hyphenated, e.g. home-primary')
     tick = at.duration("tick_interval", d.tick_interval)
@@ -54,24 +54,24 @@ def build_service(at: At) -> ServiceConfig:
         name=name,
         tick_interval=tick,
         log_level=at.choice("log_level", d.log_level, LOG_LEVELS),
-        log_format=at.str("log_format", d.log_format) or d.log_format,
+        log_format=at.text("log_format", d.log_format) or d.log_format,
         dedupe_ttl=at.duration("dedupe_ttl", d.dedupe_ttl, positive=True),
-        max_workers=at.int("max_workers", d.max_workers, minimum=1),
+        max_workers=at.whole("max_workers", d.max_workers, minimum=1),
         job_log_retention=at.duration("job_log_retention", d.job_log_retention, positive=True),
         job_queue_retention=at.duration("job_queue_retention", d.job_queue_retention, positive=True),
-        strict=at.bool("strict", False),
-        allow_symlinks=at.bool("allow_symlinks", False),
+        strict=at.flag("strict", False),
+        allow_symlinks=at.flag("allow_symlinks", False),
     )
 
 
 def strict_requested(service: At) -> bool:
     """C{service.strict}, Go's C{strict_mode} or C{admission.validate_config_on_boot}."""
-    quiet = At(service.data, service.prefix, service.path, service.origin, Report(""))
+    quiet = At(service.data, service.prefix, service.path, service.origin, Silent(""))
     admission = quiet.sub("admission")
     return (
-        quiet.bool("strict", False)
-        or quiet.bool("strict_mode", False)
-        or admission.bool("validate_config_on_boot", False)
+        quiet.flag("strict", False)
+        or quiet.flag("strict_mode", False)
+        or admission.flag("validate_config_on_boot", False)
     )
 
 
@@ -83,8 +83,8 @@ def _check_listen(at: At, name: str, value: str) -> None:
 
 def build_api(at: At, auth_items: list[Located], tokens: tuple[Token, ...], report: Report) -> ApiConfig:
     d = ApiConfig()
-    enabled = at.bool("enabled", d.enabled)
-    listen = at.str("listen", d.listen) or d.listen
+    enabled = at.flag("enabled", d.enabled)
+    listen = at.text("listen", d.listen) or d.listen
     _check_listen(at, "listen", listen)
     creds: list[ApiToken] = []
     for item in auth_items:
@@ -128,7 +128,7 @@ def build_api(at: At, auth_items: list[Located], tokens: tuple[Token, ...], repo
 
 def build_state(state: At, database: At, config_dir: str, home: str) -> StateConfig:
     d = StateConfig()
-    path = state.str("path") or database.str("path") or d.path
+    path = state.text("path") or database.text("path") or d.path
     return StateConfig(
         path=resolve_path(path, config_dir, home),
         synchronous=state.choice("synchronous", d.synchronous, ("full", "normal")),
@@ -172,7 +172,7 @@ def build_plugins(raw: Any, file_of: Any, report: Report) -> dict[str, PluginCon
 
 
 def _plugin(name: str, at: At) -> PluginConfig:
-    enabled = at.bool("enabled", True)
+    enabled = at.flag("enabled", True)
     config = at.mapping("config") or {}
     missing = unresolved_vars(config)
     if missing and enabled:
@@ -181,7 +181,7 @@ def _plugin(name: str, at: At) -> PluginConfig:
     rd = RetryPolicy()
     rat = at.sub("retry")
     retry = RetryPolicy(
-        max_attempts=rat.int("max_attempts", rd.max_attempts, minimum=1),
+        max_attempts=rat.whole("max_attempts", rd.max_attempts, minimum=1),
         backoff_base=rat.duration("backoff_base", rd.backoff_base, positive=True),
     )
     timeouts: dict[str, float] = {}
@@ -198,7 +198,7 @@ def _plugin(name: str, at: At) -> PluginConfig:
         config=config,
         retry=retry,
         timeouts=timeouts,
-        parallelism=at.int("parallelism", None, minimum=1),
+        parallelism=at.whole("parallelism", None, minimum=1),
         schedules=_schedules(at),
     )
 
@@ -238,16 +238,16 @@ def _schedules(plugin: At) -> tuple[Schedule, ...]:
         except ValueError as e:
             at.invalid("every", at.raw("every"), str(e))
             continue
-        sid = at.str("id", "default") or "default"
+        sid = at.text("id", "default") or "default"
         if sid in ids:
             at.error("id", f'duplicate schedule id "{sid}"')
             continue
         ids.add(sid)
-        command = at.str("command", "poll") or "poll"
+        command = at.text("command", "poll") or "poll"
         if command == "handle":
             at.invalid("command", command, "schedules may not run handle (it is for events); use poll or a custom command")
             continue
-        if_running = at.str("if_running", "skip") or "skip"
+        if_running = at.text("if_running", "skip") or "skip"
         if if_running == "cancel":
             at.warn("if_running", 'cancel is not implemented by ductile; using "skip"')
             if_running = "skip"
@@ -271,14 +271,14 @@ def _schedules(plugin: At) -> tuple[Schedule, ...]:
 def build_manhole(at: At | None, config_dir: str, home: str) -> ManholeConfig | None:
     if at is None:
         return None
-    listen = at.str("listen", required=True)
-    host_key = at.str("host_key", required=True)
-    authorized = at.str("authorized_keys", required=True)
+    listen = at.text("listen", required=True)
+    host_key = at.text("host_key", required=True)
+    authorized = at.text("authorized_keys", required=True)
     return ManholeConfig(
         listen=listen,
         host_key=resolve_path(host_key, config_dir, home) if host_key else "",
         authorized_keys=resolve_path(authorized, config_dir, home) if authorized else "",
-        allow_remote=at.bool("allow_remote", False),
+        allow_remote=at.flag("allow_remote", False),
     )
 
 
@@ -292,7 +292,7 @@ def build_pipelines(items: list[Located], report: Report) -> tuple[PipelineSourc
             report.invalid(item.file, prefix, item.value, "expected a mapping with name, on and steps")
             continue
         at = At.in_file(item.value, prefix, item.file, report)
-        name = at.str("name", required=True)
+        name = at.text("name", required=True)
         on_keys = [k for k in ("on", "on_hook", "on-hook") if at.has(k)]
         if not on_keys:
             at.error("on", "is required (the event type that triggers the pipeline)")

@@ -50,7 +50,7 @@ def build_tokens(items: list[Located], report: Report) -> tuple[tuple[Token, ...
             report.invalid(item.file, prefix, item.value, "expected a mapping with name and key")
             continue
         at = At.in_file(item.value, prefix, item.file, report)
-        name = at.str("name", required=True)
+        name = at.text("name", required=True)
         raw_key = at.raw("key")
         if raw_key is None:
             key = ""
@@ -83,8 +83,8 @@ def build_tokens(items: list[Located], report: Report) -> tuple[tuple[Token, ...
 def _scopes(
     at: At, name: str, declaring_file: str, report: Report
 ) -> tuple[str | None, str | None, tuple[str, ...]]:
-    rel = at.str("scopes_file") or None
-    pinned = at.str("scopes_hash") or None
+    rel = at.text("scopes_file") or None
+    pinned = at.text("scopes_hash") or None
     if rel is None and pinned is None:
         return None, None, ()
     if rel is None:
