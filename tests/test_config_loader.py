@@ -215,7 +215,13 @@ class LocateTests(SynchronousTestCase, ConfigDirMixin):
         missing = os.path.join(self.mktemp(), "nope.yaml")
         with self.assertRaises(ConfigError) as cm:
             load_config(missing, environ={})
-        self.assertIn(f"cannot read config file {os.path.abspath(missing)}", str(cm.exception))
+        self.assertEqual(
+            str(cm.exception), f"cannot read config file {os.path.abspath(missing)}: No such file or directory"
+        )
+
+    def test_no_plugin_roots_warns(self) -> None:
+        config = self.load({"config.yaml": "service: {name: lab}\n"})
+        self.assertWarning(config.warnings, "config.yaml: plugin_roots: no plugin roots configured")
 
 
 class IncludeTests(SynchronousTestCase, ConfigDirMixin):
@@ -586,6 +592,15 @@ class TokenTests(SynchronousTestCase, ConfigDirMixin):
         (cred,) = config.api.tokens
         self.assertEqual((cred.label, cred.token, cred.scopes), ("relay-lab-v1", SECRET, ("jobs:ro", "relay:rw")))
         self.assertEqual(config.warnings, ())
+
+    def test_unusable_scoped_token_warns(self) -> None:
+        files = dict(self.files(), **{"config.yaml": "include: [secrets/tokens.yaml]\nplugin_roots: [plugins]\napi: {enabled: true}\n"})
+        config = self.load(files, environ={})
+        self.assertEqual(config.api.tokens, ())
+        self.assertWarning(
+            config.warnings, "secrets/tokens.yaml: tokens:", 'token "relay-lab-v1"', "${RELAY_LAB_V1_SECRET}", "not an API credential"
+        )
+        self.assertWarning(config.warnings, "api.enabled", "no credential")
 
     def test_api_without_any_credential_warns(self) -> None:
         config = self.load(self.base_files(**{"config.yaml": "api: {enabled: true}\nplugin_roots: [plugins]\n"}))

@@ -120,7 +120,7 @@ def load_config(
     api_at = section("api")
     api = build_api(api_at, located("api", "auth", "tokens"), tokens, report)
     state = build_state(section("state"), section("database"), config_dir, home)
-    plugin_roots = build_plugin_roots(located("plugin_roots"), config_dir, home, report)
+    plugin_roots = build_plugin_roots(located("plugin_roots"), config_file, home, report)
     plugins = build_plugins(tree.get("plugins"), merged.file_of, report)
     instances = build_instances(located("instances"), service.name, secrets, report)
     ingress_at = section("remote_ingress") if "remote_ingress" in tree and tree["remote_ingress"] is not None else None

@@ -44,7 +44,7 @@ class Report:
     def display(self, path: str) -> str:
         """C{path} relative to the config dir when inside it, else absolute."""
         if not path:
-            return "<config>"
+            return ""
         try:
             rel = os.path.relpath(path, self.config_dir)
         except ValueError:
@@ -53,15 +53,15 @@ class Report:
             return path
         return rel
 
-    def _where(self, file: str, key: str) -> str:
-        where = self.display(file)
-        return f"{where}: {key}" if key else where
+    def _format(self, file: str, key: str, message: str) -> str:
+        where = ": ".join(part for part in (self.display(file), key) if part)
+        return f"{where}: {message}" if where else message
 
     def error(self, file: str, key: str, message: str) -> None:
-        self.errors.append(f"{self._where(file, key)}: {message}")
+        self.errors.append(self._format(file, key, message))
 
     def warn(self, file: str, key: str, message: str) -> None:
-        self.warnings.append(f"{self._where(file, key)}: {message}")
+        self.warnings.append(self._format(file, key, message))
 
     def invalid(self, file: str, key: str, value: Any, expected: str) -> None:
         """Record a bad value: C{file: key: got VALUE; expected EXPECTED}."""

@@ -110,8 +110,19 @@ def build_api(at: At, auth_items: list[Located], tokens: tuple[Token, ...], repo
     # tokens.yaml entries with scopes are API credentials too (they carry
     # the scopes file that says what they may do).
     for token in tokens:
-        if token.scopes and token.key.strip() and not unresolved_vars(token.key):
-            creds.append(ApiToken(token=token.key, scopes=token.scopes, label=token.name))
+        if not token.scopes:
+            continue
+        missing = unresolved_vars(token.key)
+        if missing or not token.key.strip():
+            if enabled:
+                why = "uses the unset environment variable " + ", ".join("${%s}" % m for m in missing) if missing else "is empty"
+                report.warn(
+                    token.source_file,
+                    "tokens",
+                    f'token "{token.name}" has scopes but its key {why}; it is not an API credential',
+                )
+            continue
+        creds.append(ApiToken(token=token.key, scopes=token.scopes, label=token.name))
     if enabled and not creds:
         at.warn(
             "enabled",
@@ -135,7 +146,10 @@ def build_state(state: At, database: At, config_dir: str, home: str) -> StateCon
     )
 
 
-def build_plugin_roots(items: list[Located], config_dir: str, home: str, report: Report) -> tuple[str, ...]:
+def build_plugin_roots(
+    items: list[Located], config_file: str, home: str, report: Report
+) -> tuple[str, ...]:
+    config_dir = os.path.dirname(config_file)
     roots: list[str] = []
     for item in items:
         key = f"plugin_roots[{item.index}]"
@@ -149,7 +163,7 @@ def build_plugin_roots(items: list[Located], config_dir: str, home: str, report:
             report.warn(item.file, key, f"plugin root {root} is not a directory; no plugins will be found there")
         roots.append(root)
     if not roots:
-        report.warn("", "plugin_roots", "no plugin roots configured; no plugins will be discovered")
+        report.warn(config_file, "plugin_roots", "no plugin roots configured; no plugins will be discovered")
     return tuple(roots)
 
 
