@@ -263,6 +263,18 @@ class IncludeTests(SynchronousTestCase, ConfigDirMixin):
             error, "b.yaml: include[0]", "circular dependency detected: config.yaml -> a.yaml -> b.yaml -> config.yaml"
         )
 
+    def test_repeated_include_warns_and_is_read_once(self) -> None:
+        config = self.load(
+            {
+                "config.yaml": "include: [a.yaml, b.yaml]\nplugin_roots: [plugins]\n",
+                "a.yaml": "include: [common.yaml]\n",
+                "b.yaml": "include: [common.yaml]\n",
+                "common.yaml": "tokens: [{name: t, key: k}]\n",
+            }
+        )
+        self.assertEqual([t.name for t in config.tokens], ["t"])
+        self.assertWarning(config.warnings, "b.yaml: include[0]", "common.yaml is already included; ignored")
+
     def test_missing_include(self) -> None:
         error = self.fails({"config.yaml": "include: [tokens.yaml, other.yaml]\n", "tokens.yaml": "tokens: []\n"})
         self.assertProblem(error, "config.yaml: include[1]", "cannot read included file", "other.yaml")

@@ -4,7 +4,11 @@ intervals, byte sizes, .env files and ${VAR} interpolation.
 """
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+
+from ductile.config import ConfigError
 
 from ductile.config import parse_byte_size, parse_duration, parse_every
 from ductile.config.dotenv import parse_dotenv
@@ -37,6 +41,11 @@ class DurationTests(SynchronousTestCase):
             with self.assertRaises(ValueError, msg=repr(bad)) as cm:
                 parse_duration(bad)
             self.assertIn("Go duration", str(cm.exception))
+
+    @given(st.integers(0, 500), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
+    def test_combinations(self, h: int, m: int, sec: int, ms: int) -> None:
+        text = f"{h}h{m}m{sec}s{ms}ms"
+        self.assertAlmostEqual(parse_duration(text), h * 3600 + m * 60 + sec + ms / 1000.0)
 
     def test_bare_number_says_unit(self) -> None:
         with self.assertRaises(ValueError) as cm:
@@ -126,3 +135,15 @@ class InterpolateTests(SynchronousTestCase):
         value = {"a": ["${X}", {"b": "pre-${Y}-${X}"}], "c": 3}
         self.assertEqual(unresolved_vars(value), ["X", "Y"])
         self.assertEqual(unresolved_vars("plain"), [])
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    def test_one_problem_is_the_message(self) -> None:
+        error = ConfigError("a.yaml: x: bad", warnings=["w"])
+        self.assertEqual(str(error), "a.yaml: x: bad")
+        self.assertEqual(error.problems, ("a.yaml: x: bad",))
+        self.assertEqual(error.warnings, ("w",))
+
+    def test_several_problems_listed(self) -> None:
+        error = ConfigError(["one", "two"])
+        self.assertEqual(str(error), "2 config errors:\n  - one\n  - two")
