@@ -816,3 +816,35 @@ class UnknownKeyTests(SynchronousTestCase, ConfigDirMixin):
             "remote_ingress.peers[0].allow_sync",
         ):
             self.assertWarning(config.warnings, f"config.yaml: {key}:", "not implemented")
+
+
+class GoFullConfigTests(SynchronousTestCase, ConfigDirMixin):
+    """A config using most Go ductile keys loads, with warnings, even when strict."""
+
+    FIXTURE = os.path.join(ROOT, "tests", "fixtures", "config", "go-full")
+
+    def test_loads_with_warnings(self) -> None:
+        for strict in (False, True):
+            config = load_config(self.FIXTURE, environ={}, strict=strict)
+            self.assertEqual(config.service.name, "go-box")
+            self.assertEqual(config.service.tick_interval, 30.0)
+            self.assertEqual(config.service.log_level, "warn")
+            self.assertEqual(config.service.dedupe_ttl, 12 * 3600.0)
+            self.assertEqual(config.service.max_workers, 2)
+            self.assertEqual(config.api.listen, "127.0.0.1:8090")
+            self.assertEqual(
+                [(t.label, t.token) for t in config.api.tokens],
+                [("api.auth.tokens[0]", "fixture-admin-token"), ("github-integration", "fixture-gh-token")],
+            )
+            self.assertEqual(config.instances[0].secret, "fixture-gh-token")
+            assert config.remote_ingress is not None
+            self.assertEqual(config.remote_ingress.peers[0].keys[0].key_id, "v1")
+            echo = config.plugins["echo"]
+            self.assertEqual([s.id for s in echo.schedules], ["tick"])
+            self.assertEqual(echo.schedules[0].if_running, "skip")
+            self.assertEqual(echo.timeout_for("handle"), 120.0)
+            self.assertEqual(len(config.pipelines), 1)
+            for key in ("secrets", "webhooks", "routes", "accounts", "tcc_paths", "plugins.echo.circuit_breaker",
+                        "plugins.echo.schedules[1].cron", "plugins.echo.schedules[2].at", "service.admission.require_api_auth"):
+                self.assertWarning(config.warnings, f"config.yaml: {key}:", "not implemented")
+            self.assertFalse([w for w in config.warnings if "unknown key" in w])

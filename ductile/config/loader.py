@@ -49,7 +49,9 @@ def locate_config(path: str | None, environ: Mapping[str, str]) -> str:
     if path:
         if path == "~" or path.startswith("~/"):
             path = home + path[1:]
-        return os.path.join(path, CONFIG_FILE) if os.path.isdir(path) else path
+        if os.path.isdir(path) or not path.endswith((".yaml", ".yml")):
+            return os.path.join(path, CONFIG_FILE)
+        return path
     candidates = [os.path.join(home, ".config", "ductile", CONFIG_FILE), os.path.join("/etc/ductile", CONFIG_FILE)]
     for candidate in candidates:
         if os.path.isfile(candidate):

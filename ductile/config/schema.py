@@ -36,7 +36,7 @@ class Unimplemented:
 ANY = object()  # any value; not descended into
 Node = Union[Mapping[str, Any], ListOf, MapOf, Unimplemented, object]
 
-NOT_IMPLEMENTED = "is a Go ductile feature not implemented here; ignored"
+NOT_IMPLEMENTED = "accepted but not implemented by ductile; ignored"
 
 _SCHEDULE: Mapping[str, Node] = {
     "id": ANY,
@@ -63,7 +63,7 @@ _PLUGIN: Mapping[str, Node] = {
     "parallelism": ANY,
     "schedules": ListOf(_SCHEDULE),
     "schedule": ANY,  # refused by the builder with a pointer to schedules
-    "uses": Unimplemented("plugin aliases (uses)"),
+    "uses": Unimplemented("plugin aliases"),
     "run_as": Unimplemented("run_as"),
     "requires_vault": Unimplemented("requires_vault"),
     "circuit_breaker": Unimplemented("circuit_breaker"),
@@ -94,9 +94,9 @@ SCHEMA: Mapping[str, Node] = {
         "plugin_env_passthrough": Unimplemented("plugin_env_passthrough"),
         "admission": {
             "validate_config_on_boot": ANY,
-            "verify_integrity_on_boot": Unimplemented("admission.verify_integrity_on_boot"),
-            "fail_on_drift": Unimplemented("admission.fail_on_drift"),
-            "require_api_auth": Unimplemented("admission.require_api_auth"),
+            "verify_integrity_on_boot": Unimplemented("verify_integrity_on_boot"),
+            "fail_on_drift": Unimplemented("fail_on_drift"),
+            "require_api_auth": Unimplemented("require_api_auth"),
         },
         "hook_max_depth": Unimplemented("hook_max_depth"),
         "unconfined": Unimplemented("unconfined"),
@@ -110,9 +110,9 @@ SCHEMA: Mapping[str, Node] = {
         "listen": ANY,
         "auth": {"tokens": ListOf({"token": ANY, "scopes": ANY})},
         "max_body_size": ANY,
-        "max_concurrent_sync": Unimplemented("api.max_concurrent_sync"),
-        "max_sync_timeout": Unimplemented("api.max_sync_timeout"),
-        "allowed_origins": Unimplemented("api.allowed_origins (CORS)"),
+        "max_concurrent_sync": Unimplemented("max_concurrent_sync"),
+        "max_sync_timeout": Unimplemented("max_sync_timeout"),
+        "allowed_origins": Unimplemented("CORS"),
     },
     "plugin_roots": ANY,
     "plugins": MapOf(_PLUGIN),
@@ -195,7 +195,9 @@ def _walk(value: Any, node: Node, path: str, unknown: list, unimplemented: list)
     if node is ANY:
         return
     if isinstance(node, Unimplemented):
-        unimplemented.append((path, f"{node.what} {NOT_IMPLEMENTED}"))
+        last = path.rsplit(".", 1)[-1]
+        detail = "" if node.what in (last, path) else f" ({node.what})"
+        unimplemented.append((path, f"{NOT_IMPLEMENTED}{detail}"))
         return
     if isinstance(node, ListOf):
         if isinstance(value, list):
