@@ -465,6 +465,19 @@ class ValueTests(SynchronousTestCase, ConfigDirMixin):
         error = self.fails({"config.yaml": "service: {name: a}\nplugin_roots: [plugins]\nservice: {name: b}\n"})
         self.assertProblem(error, "config.yaml: invalid YAML at line 3", "mapping key 'service' is already defined")
 
+    def test_numeric_secrets_keep_their_text(self) -> None:
+        """A secret like 0123 or 1.50 is the written text, as in Go, not a number."""
+        config = self.load(
+            {
+                "config.yaml": "plugin_roots: [plugins]\ntokens: [{name: a, key: ${A}}, {name: b, key: 1.50}]\n"
+                "instances: [{name: lab, base_url: 'http://x', ingress_path: /ingest/peer/ductile, secret_ref: a, key_id: 007}]\n"
+            },
+            environ={"A": "0123"},
+        )
+        self.assertEqual([t.key for t in config.tokens], ["0123", "1.50"])
+        self.assertEqual(config.instances[0].secret, "0123")
+        self.assertEqual(config.instances[0].key_id, "007")
+
     def test_yaml12_booleans(self) -> None:
         config = self.load(self.base_files(**{"p.yaml": "pipelines: [{name: p, on: x.y, steps: [{uses: a}]}]\n", "config.yaml": "include: [p.yaml]\nplugin_roots: [plugins]\napi: {enabled: yes}\n"}))
         self.assertEqual(config.pipelines[0].spec["on"], "x.y")
@@ -500,6 +513,7 @@ class ValueTests(SynchronousTestCase, ConfigDirMixin):
         first = echo.schedules[0]
         self.assertEqual((first.every, first.jitter, first.command, first.if_running), (300.0, 10.0, "poll", "queue"))
         self.assertEqual(first.payload, {"a": 1})
+        self.assertIs(type(first.payload["a"]), int)
         self.assertEqual(echo.schedules[1].every, 86400.0)
         self.assertWarning(config.warnings, "plugins.echo.schedules[2].cron", "not implemented")
         self.assertWarning(config.warnings, "plugins.echo.schedules[3].catch_up", "not implemented")

@@ -11,6 +11,7 @@ import attrs
 from ductile.config.durations import DURATION_EXPECTED, parse_duration
 from ductile.config.report import Report
 from ductile.config.sizes import SIZE_EXPECTED, parse_byte_size
+from ductile.config.yamlsafe import scalar_text
 
 T = TypeVar("T")
 
@@ -80,9 +81,7 @@ class At:
         if isinstance(value, (dict, list)):
             self.invalid(name, value, "expected a string")
             return default
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        text = str(value).strip()
+        text = scalar_text(value).strip()
         if required and not text:
             self.error(name, "is required and must not be empty")
         return text
@@ -154,7 +153,7 @@ class At:
             if isinstance(item, (dict, list)) or item is None:
                 self.report.invalid(self.file(name), f"{self.key(name)}[{i}]", item, "expected a string")
                 continue
-            out.append(str(item).strip())
+            out.append(scalar_text(item).strip())
         return tuple(out)
 
     def mapping(self, name: str) -> dict[str, Any] | None:

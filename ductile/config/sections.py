@@ -25,6 +25,7 @@ from ductile.config.models import (
     default_max_workers,
 )
 from ductile.config.report import Report, Silent
+from ductile.config.yamlsafe import plain, scalar_text
 from ductile.events import INSTANCE_NAME
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -94,7 +95,7 @@ def build_api(at: At, auth_items: list[Located], tokens: tuple[Token, ...], repo
             continue
         tat = At.in_file(item.value, prefix, item.file, report)
         raw = tat.raw("token")
-        value = "" if raw is None or isinstance(raw, (dict, list)) else str(raw)
+        value = "" if raw is None or isinstance(raw, (dict, list)) else scalar_text(raw)
         scopes = tat.str_list("scopes")
         missing = unresolved_vars(value)
         if missing:
@@ -187,7 +188,7 @@ def build_plugins(raw: Any, file_of: Any, report: Report) -> dict[str, PluginCon
 
 def _plugin(name: str, at: At) -> PluginConfig:
     enabled = at.flag("enabled", True)
-    config = at.mapping("config") or {}
+    config = plain(at.mapping("config") or {})
     missing = unresolved_vars(config)
     if missing and enabled:
         names = ", ".join("${%s}" % m for m in missing)
@@ -268,7 +269,7 @@ def _schedules(plugin: At) -> tuple[Schedule, ...]:
         elif if_running not in ("skip", "queue"):
             at.invalid("if_running", if_running, "expected skip or queue")
             if_running = "skip"
-        payload = at.mapping("payload") or {}
+        payload = plain(at.mapping("payload") or {})
         out.append(
             Schedule(
                 id=sid,
@@ -325,7 +326,7 @@ def build_pipelines(items: list[Located], report: Report) -> tuple[PipelineSourc
                 at.error("name", f'duplicate pipeline name "{name}" (first defined at {seen[name]})')
                 continue
             seen[name] = f"{report.display(item.file)}: {prefix}"
-        out.append(PipelineSource(spec=item.value, file=item.file, index=item.index))
+        out.append(PipelineSource(spec=plain(item.value), file=item.file, index=item.index))
     return tuple(out)
 
 

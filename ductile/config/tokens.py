@@ -21,6 +21,7 @@ from ductile.config.fields import At
 from ductile.config.merge import Located
 from ductile.config.models import Token
 from ductile.config.report import Report, show_value
+from ductile.config.yamlsafe import scalar_text
 
 SCOPES_HASH = re.compile(r"^blake3:[0-9a-f]{64}$")
 HASH_HINT = (
@@ -58,7 +59,7 @@ def build_tokens(items: list[Located], report: Report) -> tuple[tuple[Token, ...
             at.error("key", "expected a string (the secret value or ${VAR})")
             key = ""
         else:
-            key = raw_key if isinstance(raw_key, str) else str(raw_key)
+            key = scalar_text(raw_key)
         if not name:
             continue
         if name in seen:

@@ -67,6 +67,67 @@ DuctileYamlLoader.add_implicit_resolver(
 )
 
 
+class SourcedInt(int):
+    """An int that remembers its YAML text (C{0123} for a string field stays C{"0123"})."""
+
+    source: str
+
+
+class SourcedFloat(float):
+    """A float that remembers its YAML text (C{1.10} stays C{"1.10"})."""
+
+    source: str
+
+
+def _sourced(cls: type, base: Any) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        value = cls(base(loader, node))
+        value.source = node.value
+        return value
+
+    return construct
+
+
+DuctileYamlLoader.add_constructor(
+    "tag:yaml.org,2002:int", _sourced(SourcedInt, yaml.SafeLoader.construct_yaml_int)
+)
+DuctileYamlLoader.add_constructor(
+    "tag:yaml.org,2002:float", _sourced(SourcedFloat, yaml.SafeLoader.construct_yaml_float)
+)
+
+
+def scalar_text(value: Any) -> str:
+    """
+    A scalar as the string Go's yaml.v3 would decode into a string field:
+    numbers keep their written form, booleans are C{true}/C{false}.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    source = getattr(value, "source", None)
+    if isinstance(source, str):
+        return source
+    return str(value)
+
+
+def plain(value: Any) -> Any:
+    """
+    A deep copy of parsed YAML with plain C{int}/C{float} values, for the
+    free-form maps handed to the rest of ductile (plugin config, payloads,
+    pipeline specs).
+    """
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return value
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with L{DuctileYamlLoader}."""
     return yaml.load(text, Loader=DuctileYamlLoader)
