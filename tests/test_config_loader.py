@@ -211,6 +211,12 @@ class LocateTests(SynchronousTestCase, ConfigDirMixin):
         config = load_config(None, environ={"HOME": home})
         self.assertEqual(config.config_dir, os.path.join(os.path.abspath(home), ".config", "ductile"))
 
+    def test_missing_directory_names_config_yaml(self) -> None:
+        missing = os.path.join(self.mktemp(), "etc")
+        with self.assertRaises(ConfigError) as cm:
+            load_config(missing, environ={})
+        self.assertIn(os.path.join(os.path.abspath(missing), "config.yaml"), str(cm.exception))
+
     def test_missing_file(self) -> None:
         missing = os.path.join(self.mktemp(), "nope.yaml")
         with self.assertRaises(ConfigError) as cm:
@@ -455,6 +461,16 @@ class ValueTests(SynchronousTestCase, ConfigDirMixin):
         self.assertEqual(config.manhole.authorized_keys, os.path.join(base, "keys", "auth"))
         self.assertFalse(config.manhole.allow_remote)
         self.assertWarning(config.warnings, "plugin_roots[1]", "/home/op/p is not a directory")
+
+    def test_manhole_and_listen_errors(self) -> None:
+        error = self.fails(
+            {"config.yaml": "admin: {manhole: {host_key: k}}\napi: {listen: localhost}\nservice: {max_workers: 0, tick_interval: 10ms}\n"}
+        )
+        self.assertProblem(error, "config.yaml: admin.manhole.listen", "is required")
+        self.assertProblem(error, "config.yaml: admin.manhole.authorized_keys", "is required")
+        self.assertProblem(error, "config.yaml: api.listen", '"localhost"', "HOST:PORT")
+        self.assertProblem(error, "config.yaml: service.max_workers", "0", "whole number >= 1")
+        self.assertProblem(error, "config.yaml: service.tick_interval", '"10ms"', "at least 100ms")
 
     def test_bad_synchronous_and_log_level(self) -> None:
         error = self.fails({"config.yaml": "state: {synchronous: off}\nservice: {log_level: loud}\n"})
