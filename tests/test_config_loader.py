@@ -773,6 +773,10 @@ class RelayValidationTests(SynchronousTestCase, ConfigDirMixin):
         self.assertWarning(config.warnings, "remote_ingress.peers[0].name", '"Peer1"')
         self.assertWarning(config.warnings, "instances[0].ingress_path", '"/ingest/peer/other"', 'does not end in "/Home_Primary"')
 
+    def test_trailing_slash_ingress_path_warns(self) -> None:
+        config = self.load({"config.yaml": RELAY_BASE + "instances: [{name: lab, base_url: 'http://x', ingress_path: /ingest/peer/home/, secret_ref: t}]\n"})
+        self.assertWarning(config.warnings, "instances[0].ingress_path", '"/ingest/peer/home/" does not end in "/home"')
+
     def test_remote_ingress_without_api_warns(self) -> None:
         config = self.load({"config.yaml": RELAY_BASE + "remote_ingress: {peers: [{name: p, secret_ref: t}]}\n"})
         self.assertWarning(config.warnings, "config.yaml: remote_ingress:", "api.enabled is false")

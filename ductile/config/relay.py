@@ -133,7 +133,7 @@ def _instance(at: At, enabled: bool, service_name: str, secrets: SecretResolver)
     if ingress_path:
         if not ingress_path.startswith("/"):
             at.invalid("ingress_path", ingress_path, "expected a path starting with /, e.g. /ingest/peer/" + service_name)
-        elif not ingress_path.rstrip("/").endswith("/" + service_name):
+        elif not ingress_path.endswith("/" + service_name):
             at.warn(
                 "ingress_path",
                 f'"{ingress_path}" does not end in "/{service_name}" (this instance\'s service.name);'
