@@ -211,6 +211,8 @@ class Config:
     pipelines: tuple[PipelineSource, ...] = ()
     manhole: ManholeConfig | None = None
     warnings: tuple[str, ...] = ()
+    #: Every file read, in merge order (the root first).
+    source_files: tuple[str, ...] = ()
 
     def plugin_config(self, name: str) -> PluginConfig:
         return self.plugins.get(name) or PluginConfig(name=name)
