@@ -60,9 +60,8 @@ class Authenticator:
 
     @classmethod
     def from_config(cls, config: Config) -> "Authenticator":
-        tokens = list(config.api.tokens)
-        tokens += [ApiToken(token=t.key, scopes=t.scopes, label=t.name) for t in config.tokens if t.scopes and t.key]
-        return cls(tokens)
+        # The loader already folds scoped tokens.yaml entries into api.tokens.
+        return cls(config.api.tokens)
 
     def authenticate(self, header: bytes | None) -> Principal:
         if not header or not header.startswith(b"Bearer "):
