@@ -301,9 +301,9 @@ class _PluginProcess(ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:
         self.exited = True
-        if not self.ended and self.group:
-            # The plugin is gone but something in its group still holds its
-            # stdout or stderr open; give it the grace period, then kill it so
+        if not self.ended:
+            # The plugin is gone but something it started still holds its
+            # stdout or stderr open; give it the grace period, then end it so
             # the job can finish.
             self.linger_call = self.clock.callLater(self.runner.grace, self._lingered)
 
@@ -371,11 +371,15 @@ class _PluginProcess(ProcessProtocol):
     def _lingered(self) -> None:
         self.linger_call = None
         log.warn(
-            "plugin {plugin} pid {pid} exited but its children kept its output open; killing them",
+            "plugin {plugin} pid {pid} exited but its children kept its output open; "
+            "killing its process group and closing the pipes",
             plugin=self.plugin.name, pid=self.pid,
         )
         self.intervened = True
         self._signal(signals.SIGKILL)
+        # Without a process group (no setsid) the holders cannot be found;
+        # closing our ends still lets the job finish with what it wrote.
+        self.transport.loseConnection()
 
     def _signal(self, sig: int) -> None:
         if self.pid is None:
