@@ -469,6 +469,13 @@ class RealProcessTests(TestCase):
         )
         self.assertGreater(outcome.duration, 0)
 
+    async def test_large_request_arrives_whole(self) -> None:
+        """A request far bigger than a pipe buffer is flushed before stdin closes."""
+        request = make_request("ok", blob="x" * 1_000_000)
+        outcome = await self.runner.run(self.plugins["echo-py"], request, 10.0)
+        self.assertTrue(outcome.ok, outcome.error)
+        self.assertEqual(outcome.response.state_updates["request"], request)
+
     async def test_sh_round_trip(self) -> None:
         outcome = await self.run_plugin("echo-sh")
         self.assertTrue(outcome.ok, outcome)
