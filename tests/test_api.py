@@ -1,0 +1,127 @@
+"""
+The HTTP API on a running instance: scopes, endpoints, error shapes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import treq
+from twisted.trial.unittest import TestCase
+
+from ductile.testing.instance import port_of, read_records, start_instance, wait_until, write_config
+from ductile.testing.plugins import write_recorder
+
+TOKENS = {
+    "all": ["*"],
+    "invoke": ["plugin:invoke:ro"],
+    "writer": ["plugin:rw"],
+    "status": ["jobs:status:ro"],
+    "jobs": ["jobs:ro"],
+    "relay": ["relay:ro"],
+}
+
+
+class ApiTests(TestCase):
+    timeout = 30
+
+    async def setUp(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        plugins = os.path.join(base, "plugins")
+        write_recorder(plugins, "recorder", commands=("handle", "poll"))
+        write_recorder(plugins, "second")
+        self.records = os.path.join(base, "records.jsonl")
+        cfg = write_config(os.path.join(base, "cfg"), {"config.yaml": {
+            "service": {"name": "api-test"},
+            "plugin_roots": [plugins],
+            "plugins": {"recorder": {"config": {"record_file": self.records, "emit": "step.one"}},
+                        "second": {"config": {"record_file": self.records}}},
+            "api": {"enabled": True, "listen": "127.0.0.1:0",
+                    "auth": {"tokens": [{"token": f"tok-{n}", "scopes": s} for n, s in TOKENS.items()]}},
+            "pipelines": [{"name": "chain", "on": "chain.start",
+                           "steps": [{"id": "one", "uses": "recorder"}, {"id": "two", "uses": "second"}]}],
+        }})
+        self.service = await start_instance(self, cfg)
+        self.base_url = f"http://127.0.0.1:{port_of(self.service)}"
+
+    async def call(self, method: str, path: str, token: str | None = "all", body: Any = None,
+                   raw: bytes | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer tok-{token}"} if token else {}
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        response = await treq.request(method, self.base_url + path, data=data, headers=headers, persistent=False)
+        text = await response.content()
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
+        return response.code, json.loads(text)
+
+    async def _done(self) -> bool:
+        counts = await self.service.queue.counts()
+        return counts.get("queued", 0) + counts.get("running", 0) == 0
+
+    async def test_healthz_needs_no_token(self) -> None:
+        """/healthz answers without credentials and reports queue depth and plugins."""
+        code, body = await self.call("GET", "/healthz", token=None)
+        self.assertEqual((code, body["status"], body["service"], body["plugins_loaded"]), (200, "ok", "api-test", 2))
+        self.assertEqual(body["queue_depth"], 0)
+
+    async def test_authentication_and_scopes(self) -> None:
+        """401 without or with an unknown token, 403 without the scope."""
+        self.assertEqual(await self.call("GET", "/jobs", token=None), (401, {"error": "missing bearer token"}))
+        self.assertEqual(await self.call("GET", "/jobs", token="nope"), (401, {"error": "invalid token"}))
+        code, body = await self.call("GET", "/jobs", token="relay")
+        self.assertEqual(code, 403)
+        self.assertIn("jobs:status:ro", body["error"])
+        self.assertEqual((await self.call("GET", "/jobs", token="status"))[0], 200)
+        self.assertEqual((await self.call("GET", "/jobs", token="jobs"))[0], 200)
+        self.assertEqual((await self.call("GET", "/relay/deliveries", token="relay"))[0], 200)
+        self.assertEqual((await self.call("GET", "/relay/deliveries", token="jobs"))[0], 403)
+
+    async def test_invoke_plugin_and_read_job(self) -> None:
+        """
+        POST /plugin/{p}/{cmd} queues a job (202) that runs; GET /job/{id}
+        shows the result only to a token with jobs:result:ro.
+        """
+        code, body = await self.call("POST", "/plugin/recorder/poll", token="writer", body={"payload": {"n": 1}})
+        self.assertEqual((code, body["status"], body["plugin"], body["command"]), (202, "queued", "recorder", "poll"))
+        job_id = body["job_id"]
+        await wait_until(self.service, self._done)
+        code, job = await self.call("GET", f"/job/{job_id}", token="jobs")
+        self.assertEqual((code, job["status"], job["result"]), (200, "succeeded", "recorder ran poll"))
+        code, job = await self.call("GET", f"/job/{job_id}", token="status")
+        self.assertEqual((code, job["status"]), (200, "succeeded"))
+        self.assertNotIn("result", job)
+        [record] = read_records(self.records)
+        self.assertEqual(record["payload"], {"n": 1})
+        self.assertEqual(await self.call("GET", "/job/no-such-job", token="jobs"), (404, {"error": "job not found"}))
+
+    async def test_invoke_rejections(self) -> None:
+        """Unknown plugin or command, bad JSON, non-object payload, write command without plugin:rw."""
+        self.assertEqual(await self.call("POST", "/plugin/ghost/poll"), (400, {"error": "plugin not found"}))
+        self.assertEqual(await self.call("POST", "/plugin/recorder/nope"),
+                         (400, {"error": "command not supported by plugin"}))
+        self.assertEqual(await self.call("POST", "/plugin/recorder/poll", raw=b"{nope"),
+                         (400, {"error": "invalid JSON body"}))
+        self.assertEqual(await self.call("POST", "/plugin/recorder/poll", body={"payload": [1]}),
+                         (400, {"error": "payload must be a JSON object"}))
+        code, body = await self.call("POST", "/plugin/recorder/poll", token="invoke")
+        self.assertEqual((code, body["error"]), (403, "token lacks scope (needs one of: plugin:rw)"))
+
+    async def test_pipeline_trigger_and_tree(self) -> None:
+        """
+        POST /pipeline/{name} starts the pipeline (202); the job tree holds
+        both steps once they ran, in order.
+        """
+        code, body = await self.call("POST", "/pipeline/chain", token="writer", body={"payload": {"x": 1}})
+        self.assertEqual((code, body["status"], body["command"]), (202, "queued", "chain"))
+        await wait_until(self.service, self._done)
+        code, tree = await self.call("GET", f"/job/{body['job_id']}/tree", token="jobs")
+        self.assertEqual(code, 200)
+        self.assertEqual([(j["plugin"], j["step_id"], j["status"]) for j in tree["tree"]],
+                         [("recorder", "one", "succeeded"), ("second", "two", "succeeded")])
+        self.assertEqual(await self.call("POST", "/pipeline/nope", token="writer"),
+                         (404, {"error": "pipeline 'nope' not found"}))
+
+    async def test_unknown_route_and_method(self) -> None:
+        """Unknown routes are JSON 404s; a known route with another method is 405."""
+        self.assertEqual(await self.call("GET", "/nowhere"), (404, {"error": "not found"}))
+        self.assertEqual(await self.call("DELETE", "/jobs"), (405, {"error": "method not allowed"}))
