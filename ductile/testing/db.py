@@ -24,6 +24,6 @@ def make_queue(testcase: Any, clock: IReactorTime, dedupe_ttl: float = 86400.0, 
         path = os.path.join(base, "state.db")
     prepare_database(path)
     pool = open_pool(path)
-    testcase.addCleanup(pool.close)
+    testcase.addCleanup(lambda: pool.close() if pool.running else None)
     writer = GroupCommitWriter(pool)
     return JobQueue(pool, writer, clock, dedupe_ttl=dedupe_ttl), pool, path
