@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ductile.backoff import job_retry_delay
 from ductile.config.models import Config
 from ductile.events import Event
+from ductile.metrics import Metrics
 from ductile.queue import (
     DEAD,
     FAILED,
@@ -95,6 +96,7 @@ class JobExecutor:
         router: Any,
         sender: Any | None = None,
         rng: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self._clock = clock
         self._queue = queue
@@ -104,6 +106,7 @@ class JobExecutor:
         self._router = router
         self._sender = sender
         self._rng = rng
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def __call__(self, job: ClaimedJob) -> defer.Deferred[None]:
         if job.plugin == RELAY_PLUGIN:
@@ -149,6 +152,10 @@ class JobExecutor:
             max_attempts=job.max_attempts,
         )
         outcome = await self._runner.run(plugin, request, timeout)
+        self._metrics.plugin_run(
+            job.plugin, "ok" if outcome.error is None else ("timed_out" if outcome.timed_out else "error"),
+            outcome.duration,
+        )
         if outcome.response is not None and outcome.error is None:
             response = outcome.response
             try:
@@ -234,6 +241,7 @@ class JobExecutor:
             baggage=relay.get("baggage") or {},
         )
         outcome = await self._sender.attempt(target, envelope)
+        self._metrics.relay_attempt(target, outcome.kind, outcome.duration)
         record = RelayAttemptRecord(
             instance=target, outcome=outcome.kind, status_code=outcome.status, error=outcome.error,
             duration=outcome.duration,

@@ -218,6 +218,20 @@ class JobQueue:
     def relay_attempts(self, job_id: str) -> defer.Deferred[list[dict[str, Any]]]:
         return self._pool.runInteraction(lambda txn: relay_attempts(txn, job_id))
 
+    def oldest_queued_age(self) -> defer.Deferred[float | None]:
+        now = self._clock.seconds()
+
+        def q(txn: Any) -> float | None:
+            txn.execute("SELECT MIN(created_at) FROM job_queue WHERE status='queued'")
+            row = txn.fetchone()
+            return None if row is None or row[0] is None else max(0.0, now - row[0])
+
+        return self._pool.runInteraction(q)
+
+    @property
+    def writer_stats(self) -> Any:
+        return self._writer.stats
+
     def counts(self) -> defer.Deferred[dict[str, int]]:
         def q(txn: Any) -> dict[str, int]:
             txn.execute("SELECT status, COUNT(*) FROM job_queue GROUP BY status")

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from ductile.dispatch import Dispatcher
 from ductile.executor import RELAY_PLUGIN, JobExecutor
 from ductile.instance import Instance
+from ductile.metrics import Metrics
 from ductile.queue import JobQueue
 from ductile.store.pool import open_pool, prepare_database
 from ductile.store.writer import GroupCommitWriter
@@ -61,6 +62,7 @@ class DuctileService(service.Service):
         self.site: Any = None
         self.api: Api | None = None
         self.ingress_stats: Any = None
+        self.metrics = Metrics()
         self.started = defer.Deferred()
 
     def startService(self) -> None:
@@ -100,14 +102,16 @@ class DuctileService(service.Service):
         self.runner = ProcessRunner(self.reactor)
         if any(i.enabled for i in cfg.instances):
             self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled])
+        self.metrics = Metrics()
         executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
-                               self.instance.router, self.sender)
+                               self.instance.router, self.sender, metrics=self.metrics)
         self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, self._plugin_caps)
 
-        self.api = Api(self.reactor, cfg, self.queue, self.instance.plugins, self.instance.router)
-        root = self.api.resource()
         ingress = cfg.remote_ingress
         self.ingress_stats = IngressStats()
+        self.api = Api(self.reactor, cfg, self.queue, self.instance.plugins, self.instance.router,
+                       metrics=self.metrics, ingress_stats=self.ingress_stats if ingress is not None else None)
+        root = self.api.resource()
         if ingress is not None:
             acceptor = RelayAcceptor(cfg, self.instance.router, self.queue)
             mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)

@@ -125,3 +125,62 @@ class ApiTests(TestCase):
         """Unknown routes are JSON 404s; a known route with another method is 405."""
         self.assertEqual(await self.call("GET", "/nowhere"), (404, {"error": "not found"}))
         self.assertEqual(await self.call("DELETE", "/jobs"), (405, {"error": "method not allowed"}))
+
+
+class MetricsTests(TestCase):
+    timeout = 30
+
+    async def test_metrics_text_parses_and_moves(self) -> None:
+        """
+        /metrics is Prometheus text: every sample line belongs to a declared
+        family; job and plugin figures move when a job runs; metrics:ro is
+        required.
+        """
+        base = os.path.abspath(self.mktemp())
+        plugins = os.path.join(base, "plugins")
+        write_recorder(plugins, "recorder")
+        cfg = write_config(os.path.join(base, "cfg"), {"config.yaml": {
+            "service": {"name": "m"},
+            "plugin_roots": [plugins],
+            "api": {"enabled": True, "listen": "127.0.0.1:0", "auth": {"tokens": [
+                {"token": "tok-m", "scopes": ["metrics:ro"]}, {"token": "tok-w", "scopes": ["plugin:rw"]}]}},
+            "tokens": [{"name": "relay", "key": "s3cr3t-value"}],
+            "remote_ingress": {"peers": [{"name": "peer-a", "secret_ref": "relay"}]},
+        }})
+        service = await start_instance(self, cfg)
+        url = f"http://127.0.0.1:{port_of(service)}"
+
+        async def scrape(token: str = "tok-m") -> tuple[int, str]:
+            r = await treq.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}, persistent=False)
+            return r.code, (await r.content()).decode()
+
+        self.assertEqual((await scrape("tok-w"))[0], 403)
+        code, before = await scrape()
+        self.assertEqual(code, 200)
+        families: dict[str, str] = {}
+        for line in before.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split(" ")
+                families[name] = kind
+            elif line and not line.startswith("#"):
+                name = line.split("{")[0].split(" ")[0]
+                base_name = name.rsplit("_", 1)[0] if name.endswith(("_bucket", "_sum", "_count")) else name
+                self.assertTrue(name in families or base_name in families, line)
+                float(line.rsplit(" ", 1)[1])
+        self.assertEqual(families["ductile_relay_ingress_rejected_total"], "counter")
+        self.assertIn('ductile_jobs{status="succeeded"} 0', before)
+
+        await treq.post(url + "/ingest/peer/nobody", data=b"{}", persistent=False)
+        r = await treq.post(url + "/plugin/recorder/poll", headers={"Authorization": "Bearer tok-w"},
+                            persistent=False)
+        await r.content()
+
+        async def done() -> bool:
+            return (await service.queue.counts()).get("succeeded", 0) == 1
+
+        await wait_until(service, done)
+        _, after = await scrape()
+        self.assertIn('ductile_jobs{status="succeeded"} 1', after)
+        self.assertIn('ductile_relay_ingress_rejected_total{reason="unknown_peer"} 1', after)
+        self.assertIn('ductile_plugin_run_duration_seconds_count{outcome="ok",plugin="recorder"} 1', after)
+        self.assertNotIn("s3cr3t-value", after)

@@ -40,9 +40,22 @@ class ApiError(Exception):
         self.message = message
 
 
+@attrs.frozen
+class RawBody:
+    """A non-JSON answer (the Prometheus text of /metrics)."""
+
+    content: bytes
+    content_type: bytes
+
+
 def respond(request: IRequest, status: int, body: Any) -> None:
-    """Write a JSON answer and finish the request."""
-    request.write(write_json(request, status, body))
+    """Write a JSON (or raw) answer and finish the request."""
+    if isinstance(body, RawBody):
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", body.content_type)
+        request.write(body.content)
+    else:
+        request.write(write_json(request, status, body))
     request.finish()
 
 
@@ -122,7 +135,8 @@ class Api:
         queue: JobQueue,
         plugins: Mapping[str, Any],
         router: Any,
-        metrics: Callable[[], Awaitable[str]] | None = None,
+        metrics: Any = None,
+        ingress_stats: Any = None,
     ) -> None:
         self._clock = clock
         self._config = config
@@ -130,6 +144,7 @@ class Api:
         self._plugins = plugins
         self._router = router
         self._metrics = metrics
+        self._ingress_stats = ingress_stats
         self._auth = Authenticator.from_config(config)
         self._started = clock.seconds()
         self.routes: Sequence[Route] = [
@@ -312,4 +327,15 @@ class Api:
         return 202, {"job_id": new_id, "replay_of": job_id, "status": "queued"}
 
     async def metrics(self, request: server.Request, principal: Any) -> tuple[int, Any]:
-        raise ApiError(404, "metrics are not enabled")
+        from ductile.metrics import Metrics, render
+        from ductile.queue import STATUSES
+
+        text = render(
+            self._metrics or Metrics(),
+            self._ingress_stats,
+            self._queue.writer_stats,
+            await self._queue.counts(),
+            await self._queue.oldest_queued_age(),
+            STATUSES,
+        )
+        return 200, RawBody(text.encode("utf-8"), b"text/plain; version=0.0.4; charset=utf-8")
