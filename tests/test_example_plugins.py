@@ -308,3 +308,26 @@ class ColdStorageSyncTests(PluginRunTestCase):
             "cold-storage-sync", "handle", {"destination_dir": "cold"}, event_payload=self.payload))
         self.assertEqual((r.status, r.retry), ("error", False))
         self.assertIn("config destination_dir must be an absolute path, got 'cold'", r.error)
+
+
+class CommonTests(PluginRunTestCase):
+    async def test_health(self) -> None:
+        r = self.response(await self.run_plugin("backup-verifier", "health", {}))
+        self.assertEqual((r.status, r.result), ("ok", "healthy"))
+        r = self.response(await self.run_plugin("cold-storage-sync", "health", {"destination_dir": self.base}))
+        self.assertEqual((r.status, r.result), ("ok", f"healthy; storing into {self.base}"))
+
+    async def test_unknown_command_is_not_retried(self) -> None:
+        for name, supported in [("backup-runner", "poll, health"), ("backup-verifier", "handle, health"),
+                                ("cold-storage-sync", "handle, health")]:
+            r = self.response(await self.run_plugin(name, "init", {}))
+            self.assertEqual((r.status, r.retry), ("error", False))
+            self.assertEqual(r.error, f"unknown command 'init' (supported: {supported})")
+
+    async def test_diagnostics_go_to_stderr(self) -> None:
+        archives = os.path.join(self.base, "archives")
+        write(os.path.join(archives, "a.tar"), b"x")
+        outcome = await self.run_plugin("backup-runner", "poll", {"archive_dir": archives})
+        self.assertEqual(self.response(outcome).status, "ok")
+        self.assertIn("backup-runner: announcing", outcome.stderr_tail)
+        self.assertNotIn("announcing", outcome.stdout)
