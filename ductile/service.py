@@ -161,6 +161,7 @@ class DuctileService(service.Service):
             self.scheduler.stop()
         if self.port is not None:
             await self.port.stopListening()
+            await self.site.close_connections()
         if self.dispatcher is not None:
             stopping = self.dispatcher.stop()
             if self.runner is not None:

@@ -172,9 +172,7 @@ class Api:
             try:
                 principal = None
                 if route.scopes is not None:
-                    principal = self._auth.authorize(request.getHeader(b"authorization") and
-                                                     request.getHeader(b"authorization").encode("latin-1"),
-                                                     route.scopes)
+                    principal = self._auth.authorize(request.getHeader(b"authorization"), route.scopes)
                 return await route.handler(request, principal, **m.groupdict())
             except AuthError as e:
                 return e.status, {"error": e.message}

@@ -31,6 +31,7 @@ from urllib.parse import unquote_to_bytes
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.internet import defer
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
@@ -226,9 +227,43 @@ class DuctileSite(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.body_limit_for = body_limit_for
+        self._channels: set[Any] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            self._channels.add(channel)
+            lost = channel.connectionLost
+
+            def connection_lost(reason: Any) -> None:
+                self._channels.discard(channel)
+                lost(reason)
+
+            channel.connectionLost = connection_lost
+        return channel
 
     def log(self, request: Any) -> None:
         """No access log line per request."""
+
+    def close_connections(self, grace: float = 10.0) -> "defer.Deferred[None]":
+        """
+        Close every client connection once its in-flight requests are
+        answered (at most C{grace} seconds, then abort): after
+        C{stopListening}, kept-alive connections would otherwise go on
+        serving a stopped instance.
+        """
+        clock = self.reactor
+        waits = []
+        for channel in list(self._channels):
+            requests = [r for r in getattr(channel, "requests", []) if not r.finished]
+            if not requests:
+                channel.transport.loseConnection()
+                continue
+            finished = defer.DeferredList([r.notifyFinish() for r in requests], consumeErrors=True)
+            finished.addTimeout(grace, clock)
+            finished.addBoth(lambda _, c=channel: c.transport.loseConnection())
+            waits.append(finished)
+        return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
 
 def remote_address(request: Any) -> str:
