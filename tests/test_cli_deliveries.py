@@ -276,3 +276,34 @@ class ReplayApiTests(TestCase):
         conn = sqlite3.connect(path)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM job_queue").fetchone()[0], 6)
         conn.close()
+
+    async def test_connected_but_no_answer_does_not_fall_back(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        class HangUp(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.loseConnection()
+
+        cfg, path, ids = make_state(self)
+        port = reactor.listenTCP(0, Factory.forProtocol(HangUp), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        write_config(cfg, api=api_section(f"127.0.0.1:{port.getHost().port}"))
+        code, out, err = await threads.deferToThread(run_cli, "relay", "replay", ids["dead"], "--config", cfg)
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(f"ductile relay replay: no answer from the instance API at http://127.0.0.1:{port.getHost().port} (", err)
+        self.assertIn("the replay may or may not have been queued: check `ductile relay deliveries`", err)
+        self.assertNotIn(TOKEN, err)
+        conn = sqlite3.connect(path)
+        self.assertEqual(conn.execute("SELECT COUNT(*) FROM job_queue").fetchone()[0], 6)
+        conn.close()
+
+    async def test_proxy_environment_ignored(self) -> None:
+        cfg, path, ids = await self.start_api()
+        self.patch(os, "environ", dict(os.environ, http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+                                       no_proxy=""))
+        code, out, err = await threads.deferToThread(
+            run_cli, "relay", "replay", ids["dead"], "--config", cfg, "--json"
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(json.loads(out)["via"], "api")

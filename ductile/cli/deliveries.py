@@ -12,11 +12,11 @@ database with the queue's own transaction (L{JobQueue._replay}).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import Any, Callable, TextIO
 
 from ductile import inspect as db
@@ -26,6 +26,8 @@ from ductile.cli.job_cmd import add_common, open_state, run
 #: Seconds the API replay request may take before we give up on the API.
 API_TIMEOUT = 10.0
 REPLAY_SUBMITTER = "cli replay"
+#: Bytes of the API's answer we read.
+MAX_ANSWER = 64 * 1024
 #: Scopes that allow the replay route (C{relay:rw}, or everything).
 REPLAY_SCOPES = ("relay:rw", "*")
 
@@ -133,22 +135,37 @@ def post_replay(base_url: str, token: str, job_id: str, timeout: float = API_TIM
     """
     POST the replay to the API; C{(status, json body)}.
 
+    Plain C{http.client}: no proxy from the environment ever sees the
+    bearer token, and connecting is separate from asking, so only a failed
+    connection (nothing listening) is a reason to fall back.
+
     @raise ApiUnreachable: no connection (refused, unreachable, timed out).
+    @raise db.InspectError: connected, but no usable answer (the replay may
+        or may not have been queued, so we must not queue another).
     """
-    request = urllib.request.Request(
-        f"{base_url}/relay/deliveries/{urllib.request.quote(job_id, safe='')}/replay",
-        data=b"{}",
-        method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ApiUnreachable(str(reason)) from None
+        try:
+            conn.connect()
+        except OSError as e:
+            raise ApiUnreachable(e.strerror or str(e) or type(e).__name__) from None
+        try:
+            conn.request(
+                "POST",
+                f"/relay/deliveries/{urllib.parse.quote(job_id, safe='')}/replay",
+                body=b"{}",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            status, raw = response.status, response.read(MAX_ANSWER)
+        except (OSError, http.client.HTTPException) as e:
+            raise db.InspectError(
+                f"no answer from the instance API at {base_url} ({type(e).__name__}: {e}); the replay may or "
+                "may not have been queued: check `ductile relay deliveries`"
+            ) from None
+    finally:
+        conn.close()
     try:
         body = json.loads(raw.decode("utf-8")) if raw else {}
     except ValueError:
