@@ -16,8 +16,7 @@ from twisted.web.server import Site
 from ductile.cli.deliveries import ApiUnreachable, api_base_url, post_replay, replay_token
 from ductile.config import load_config
 from ductile.config.models import ApiConfig, ApiToken, Config
-from tests.cli_state_fixture import TOKEN, api_section, make_state, write_config
-from tests.test_cli_job import run_cli
+from tests.test_cli_job import TOKEN, api_section, make_state, run_cli, write_config
 
 
 def job_row(path: str, job_id: str) -> dict:
