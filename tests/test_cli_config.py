@@ -20,7 +20,7 @@ SECRET = "do-not-print-me-4b1d"
 
 class ConfigCheckTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.patch(os, "environ", dict(os.environ, RELAY_LAB_V1_SECRET=SECRET))
+        self.patch(os, "environ", dict(os.environ, RELAY_LAB_V1_SECRET=SECRET, DUCTILE_EXAMPLE_DATA="/tmp/ductile-example"))
         self.out = io.StringIO()
         self.patch(sys, "stdout", self.out)
 

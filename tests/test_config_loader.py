@@ -18,7 +18,7 @@ from ductile.config.models import Config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETC = os.path.join(ROOT, "etc")
 SECRET = "sekrit-Value-9f8e7d"
-SEED_ENV = {"RELAY_LAB_V1_SECRET": SECRET}
+SEED_ENV = {"RELAY_LAB_V1_SECRET": SECRET, "DUCTILE_EXAMPLE_DATA": "/tmp/ductile-example"}
 
 SCOPES = b'{"scopes": ["jobs:ro", "relay:rw"]}\n'
 SCOPES_HASH = "blake3:" + blake3.blake3(SCOPES).hexdigest()
@@ -106,7 +106,7 @@ class SeedConfigTests(SynchronousTestCase, ConfigDirMixin):
         (token,) = config.tokens
         self.assertEqual(token.name, "relay-lab-v1")
         self.assertEqual(token.scopes, ("relay:rw",))
-        self.assertEqual([p.spec["name"] for p in config.pipelines], ["process-offsite-backup"])
+        self.assertEqual([p.spec["name"] for p in config.pipelines], ["relay-backup-to-lab"])
 
     def test_lab(self) -> None:
         config = load_config(os.path.join(ETC, "lab"), environ=SEED_ENV)

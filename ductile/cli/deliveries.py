@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, TextIO
 
-from ductile import inspect as db
+from ductile import jobview as db
 from ductile.cli import format as fmt
 from ductile.cli.job_cmd import add_common, open_state, run
 

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from typing import Any, Callable, TextIO
 
-from ductile import inspect as db
+from ductile import jobview as db
 from ductile.cli import format as fmt
 
 #: Lines of each attempt's stderr C{job inspect} shows by default.

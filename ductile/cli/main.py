@@ -17,6 +17,7 @@ from ductile import __version__
 NOUN_MODULES = (
     "ductile.cli.config_cmd",
     "ductile.cli.relay_cmd",
+    "ductile.cli.job_cmd",
 )
 
 

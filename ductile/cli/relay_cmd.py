@@ -76,6 +76,10 @@ def register(subparsers: Any) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=check_handler)
 
+    from ductile.cli.deliveries import register_verbs
+
+    register_verbs(verbs)
+
 
 # -- argument values ---------------------------------------------------------
 
