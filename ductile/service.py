@@ -22,6 +22,7 @@ from ductile.executor import RELAY_PLUGIN, JobExecutor
 from ductile.instance import Instance
 from ductile.metrics import Metrics
 from ductile.queue import JobQueue
+from ductile.store.lock import StateLock
 from ductile.store.pool import open_pool, prepare_database
 from ductile.store.writer import GroupCommitWriter
 from ductile.web.api import Api
@@ -48,8 +49,9 @@ def listen_endpoint(listen: str) -> str:
 class DuctileService(service.Service):
     log = Logger()
 
-    def __init__(self, instance: Instance, reactor: Any) -> None:
+    def __init__(self, instance: Instance, reactor: Any, lock: StateLock | None = None) -> None:
         self.instance = instance
+        self.lock = lock if lock is not None else StateLock(instance.config.state.path)
         self.config = instance.config
         self.reactor = reactor
         self.port: Any = None
@@ -91,6 +93,7 @@ class DuctileService(service.Service):
         for warning in cfg.warnings:
             self.log.warn("config: {warning}", warning=warning)
 
+        self.lock.acquire()
         prepare_database(cfg.state.path, cfg.state.synchronous)
         self.pool = open_pool(cfg.state.path, cfg.state.synchronous)
         writer = GroupCommitWriter(self.pool)
@@ -175,4 +178,5 @@ class DuctileService(service.Service):
             await self.sender.close()
         if self.pool is not None:
             self.pool.close()
+        self.lock.release()
         self.log.info("{service} stopped", service=self.config.service.name)

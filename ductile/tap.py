@@ -26,12 +26,19 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         from ductile.config import ConfigError, load_config
         from ductile.instance import InstanceError, build_instance
+        from ductile.logging import set_level
+        from ductile.store.lock import StateLock, StateLocked
 
         try:
             config = load_config(self["config"])
             self["instance"] = build_instance(config)
-        except (ConfigError, InstanceError) as e:
+            # Taken before twistd daemonizes, so a second instance on the same
+            # state database stops here with a message.
+            self["lock"] = StateLock(config.state.path)
+            self["lock"].acquire()
+        except (ConfigError, InstanceError, StateLocked) as e:
             raise usage.UsageError(str(e)) from None
+        set_level(config.service.log_level)
 
 
 def makeService(options: Options) -> service.IService:
@@ -41,5 +48,5 @@ def makeService(options: Options) -> service.IService:
 
     instance = options["instance"]
     top = service.MultiService()
-    DuctileService(instance, reactor).setServiceParent(top)
+    DuctileService(instance, reactor, lock=options["lock"]).setServiceParent(top)
     return top

@@ -44,12 +44,12 @@ class _Twistd(protocol.ProcessProtocol):
 class TwistdTests(TestCase):
     timeout = 60
 
-    def _spawn(self, config_dir: str, marker: bytes) -> _Twistd:
+    def _spawn(self, config_dir: str, marker: bytes, twistd_args: tuple[str, ...] = ()) -> _Twistd:
         proto = _Twistd(marker)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT, "HOME": self.home,
                "RELAY_SECRET": "twistd-test-secret-1d0e"}
         reactor.spawnProcess(
-            proto, TWISTD, [TWISTD, "-n", "--pidfile=", "ductile", "--config", config_dir], env=env,
+            proto, TWISTD, [TWISTD, "-n", "--pidfile=", *twistd_args, "ductile", "--config", config_dir], env=env,
             path=self.home,
         )
         return proto
@@ -58,12 +58,8 @@ class TwistdTests(TestCase):
         self.home = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(self.home, "plugins"))
 
-    async def test_starts_serves_and_stops_cleanly(self) -> None:
-        """
-        C{twistd -n ductile --config DIR} serves /healthz and the relay route,
-        and SIGTERM stops it with exit code 0 after a clean shutdown.
-        """
-        cfg = write_config(os.path.join(self.home, "cfg"), {
+    def _config(self, name: str = "cfg") -> str:
+        return write_config(os.path.join(self.home, name), {
             "config.yaml": {
                 "service": {"name": "lab"},
                 "plugin_roots": ["../plugins"],
@@ -72,6 +68,38 @@ class TwistdTests(TestCase):
                 "remote_ingress": {"peers": [{"name": "home-primary", "secret_ref": "relay"}]},
             },
         })
+
+    async def test_second_instance_on_same_state_refused(self) -> None:
+        """A second twistd on the same state database exits 1 naming the first's pid."""
+        cfg = self._config()
+        first = self._spawn(cfg, b"lab started:")
+        await first.ready
+        second = self._spawn(cfg, b"\x00never")
+        second.ready.addErrback(lambda _: None)
+        code, _ = await second.ended
+        self.assertEqual(code, 1)
+        self.assertIn(f"another ductile instance (pid {first.transport.pid})".encode(), second.output)
+        os.kill(first.transport.pid, signal.SIGTERM)
+        await first.ended
+
+    async def test_json_logs(self) -> None:
+        """--logger=ductile.logging.json_observer writes one JSON object per line."""
+        proto = self._spawn(self._config(), b"started:", ("--logger=ductile.logging.json_observer",))
+        await proto.ready
+        os.kill(proto.transport.pid, signal.SIGTERM)
+        await proto.ended
+        records = [json.loads(line) for line in proto.output.decode().splitlines() if line.startswith("{")]
+        started = [r for r in records if r.get("log_format", "").startswith("{service} started")]
+        self.assertEqual(len(started), 1)
+        self.assertEqual(started[0]["service"], "lab")
+        self.assertEqual(started[0]["log_level"]["name"], "info")
+
+    async def test_starts_serves_and_stops_cleanly(self) -> None:
+        """
+        C{twistd -n ductile --config DIR} serves /healthz and the relay route,
+        and SIGTERM stops it with exit code 0 after a clean shutdown.
+        """
+        cfg = self._config()
         proto = self._spawn(cfg, b"lab started:")
         await proto.ready
         port = self._port(proto.output)
