@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import struct
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -84,6 +85,7 @@ class _Shell(channel.SSHChannel):
         super().__init__(**kw)
         self.output = b""
         self.ready: defer.Deferred[None] = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
         self._waiting: list[tuple[re.Pattern[bytes], defer.Deferred[bytes]]] = []
 
     def channelOpen(self, data: bytes) -> None:
@@ -91,6 +93,10 @@ class _Shell(channel.SSHChannel):
         d = self.conn.sendRequest(self, b"pty-req", pty, wantReply=True)
         d.addCallback(lambda _: self.conn.sendRequest(self, b"shell", b"", wantReply=True))
         d.chainDeferred(self.ready)
+
+    def closed(self) -> None:
+        super().closed()
+        self.done.callback(None)
 
     def openFailed(self, reason: Any) -> None:
         self.ready.errback(reason)
@@ -398,7 +404,7 @@ class SSHTests(unittest.TestCase):
     def setUp(self) -> None:
         self.files = KeyFiles(self.mktemp())
 
-    async def start(self, config: ManholeConfig, namespace: dict[str, Any] | None = None) -> Any:
+    async def start(self, config: ManholeConfig, namespace: Any = None) -> Any:
         svc = build_manhole_service(reactor, config, namespace or {})
         svc.startService()
         self.addCleanup(svc.stopService)
@@ -426,7 +432,10 @@ class SSHTests(unittest.TestCase):
     async def test_authorized_key_gets_a_repl(self) -> None:
         queue, _, _ = make_queue(self, reactor)
         [queued] = await queue.enqueue([JobSpec(plugin="echo", command="poll", payload={})])
-        svc, port = await self.start(self.files.config(), admin_namespace(_FakeService(queue)))
+        fake = _FakeService(None)
+        # A callable namespace is resolved per session: the queue opened after the build is seen.
+        svc, port = await self.start(self.files.config(), lambda: admin_namespace(fake))
+        fake.queue = queue
         conn = _Connection()
         client = await self.connect(port, _Auth(b"admin", conn, key=self.files.admin))
         try:
@@ -458,7 +467,7 @@ class SSHTests(unittest.TestCase):
 
     async def test_unix_socket_is_owner_only_and_works(self) -> None:
         path = os.path.join(self.files.base, "admin.sock")
-        svc, port = await self.start(self.files.config(f"unix:{path}"))
+        svc, port = await self.start(self.files.config(f"unix:{path}"), {"answer": 42})
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
         conn = _Connection()
@@ -466,6 +475,12 @@ class SSHTests(unittest.TestCase):
         try:
             await conn.shell.ready.addTimeout(TIMEOUT, reactor)
             await conn.shell.wait_for(rb">>> ")
+            # A resize and end-of-input are handled (conch's own session raises NotImplementedError).
+            conn.sendRequest(conn.shell, b"window-change", struct.pack(">4L", 120, 40, 0, 0))
+            conn.shell.write(b"answer\r")
+            await conn.shell.wait_for(rb"\n42\r?\n")
+            conn.sendEOF(conn.shell)
+            await conn.shell.done.addTimeout(TIMEOUT, reactor)
         finally:
             client.loseConnection()
             await client.lost

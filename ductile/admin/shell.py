@@ -9,8 +9,11 @@ keyboard-interactive attempts are refused without being checked.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Union
+
+#: The REPL globals, or a function returning them, called for each new session.
+Namespace = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
 
 from twisted.application import service
 from twisted.conch import manhole, manhole_ssh
@@ -82,12 +85,15 @@ class AdminFactory(manhole_ssh.ConchFactory):
         self.connections: set[_AdminTransport] = set()
 
 
-def build_manhole_factory(
-    authorized: list[keys.Key], host_key: keys.Key, namespace: Mapping[str, Any]
-) -> AdminFactory:
-    """The SSH factory: key-only auth for C{admin}, a C{ColoredManhole} on C{namespace}."""
+def build_manhole_factory(authorized: list[keys.Key], host_key: keys.Key, namespace: Namespace) -> AdminFactory:
+    """
+    The SSH factory: key-only auth for C{admin}, a C{ColoredManhole} on
+    C{namespace}.  A callable namespace is called for each session, so the
+    factory can be built before the objects it shows exist.
+    """
+    fresh: Callable[[], Mapping[str, Any]] = namespace if callable(namespace) else (lambda: namespace)
     realm = _AdminRealm()
-    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(manhole.ColoredManhole, dict(namespace))
+    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(manhole.ColoredManhole, dict(fresh()))
     checker = SSHPublicKeyChecker(InMemorySSHKeyDB({ADMIN_USER: list(authorized)}))
     return AdminFactory(portal.Portal(realm, [checker]), host_key)
 
@@ -159,9 +165,11 @@ class ManholeService(service.Service):
         await defer.gatherResults(closing)
 
 
-def build_manhole_service(reactor: Any, manhole_config: Any, namespace: Mapping[str, Any]) -> ManholeService:
+def build_manhole_service(reactor: Any, manhole_config: Any, namespace: Namespace) -> ManholeService:
     """
-    The manhole as an L{IService} from the C{admin.manhole} config.
+    The manhole as an L{IService} from the C{admin.manhole} config
+    (L{ductile.config.models.ManholeConfig}).  C{namespace} is the REPL's
+    globals or a function returning them for each new session.
 
     Raises L{AdminConfigError} (with a message for the operator) before
     anything listens when the endpoint would be reachable from the network
