@@ -23,6 +23,7 @@ from ductile.admin import (
     AdminConfigError,
     admin_namespace,
     build_manhole_service,
+    check_manhole,
     load_authorized_keys,
     load_host_key,
     manhole_endpoint,
@@ -324,6 +325,13 @@ class KeyFileTests(unittest.SynchronousTestCase):
         path = self.files.write("bad2", b"ssh-ed25519 AAAAnotbase64!!\n")
         e = self.assertRaises(AdminConfigError, load_authorized_keys, path)
         self.assertIn(f"{path} line 1: cannot parse the ssh-ed25519 key", str(e))
+
+    def test_check_manhole(self) -> None:
+        check_manhole(self.files.config())
+        e = self.assertRaises(AdminConfigError, check_manhole, self.files.config("10.1.1.1:2222"))
+        self.assertIn("interface 10.1.1.1, reachable from the network", str(e))
+        e = self.assertRaises(AdminConfigError, check_manhole, self.files.config(authorized_keys=self.files.host_key))
+        self.assertIn("line 1: not an OpenSSH public key", str(e))
 
     def test_build_refuses_before_listening(self) -> None:
         clock = task.Clock()

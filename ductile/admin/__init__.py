@@ -15,6 +15,7 @@ from ductile.admin.shell import (
     ManholeService,
     build_manhole_factory,
     build_manhole_service,
+    check_manhole,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "admin_namespace",
     "build_manhole_factory",
     "build_manhole_service",
+    "check_manhole",
     "is_loopback",
     "load_authorized_keys",
     "load_host_key",

@@ -165,6 +165,17 @@ class ManholeService(service.Service):
         await defer.gatherResults(closing)
 
 
+def check_manhole(manhole_config: Any) -> None:
+    """
+    Every check L{build_manhole_service} makes, without building anything:
+    for C{twistd} option parsing and C{config check}, so a bad
+    C{admin.manhole} stops the start before the reactor runs.
+    """
+    manhole_endpoint(manhole_config.listen, manhole_config.allow_remote)
+    load_host_key(manhole_config.host_key)
+    load_authorized_keys(manhole_config.authorized_keys)
+
+
 def build_manhole_service(reactor: Any, manhole_config: Any, namespace: Namespace) -> ManholeService:
     """
     The manhole as an L{IService} from the C{admin.manhole} config
