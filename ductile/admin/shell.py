@@ -21,7 +21,7 @@ from twisted.conch.interfaces import IConchUser
 from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
 from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
-from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.cred import portal
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
@@ -68,6 +68,13 @@ class _AdminTransport(SSHServerTransport):
         self.factory.connections.add(self)
         self.closed: defer.Deferred[None] = defer.Deferred()
         super().connectionMade()
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # A client saying goodbye (ssh exiting) is not an error worth an operator's attention.
+        if reasonCode == DISCONNECT_BY_APPLICATION:
+            self._log.info("manhole client disconnected: {reason}", reason=description)
+        else:
+            super().receiveError(reasonCode, description)
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
