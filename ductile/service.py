@@ -28,6 +28,7 @@ from ductile.store.writer import GroupCommitWriter
 from ductile.web.api import Api
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:]*):(?P<port>\d+)$")
+_ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "stdio", "onion", "tor"}
 
 
 def listen_endpoint(listen: str) -> str:
@@ -37,7 +38,7 @@ def listen_endpoint(listen: str) -> str:
     (C{tcp:...}, C{unix:...}, C{ssl:...}) as is.
     """
     m = _HOST_PORT.match(listen.strip())
-    if m is None:
+    if m is None or m.group("host").lower() in _ENDPOINT_TYPES:
         return listen
     host = m.group("host").strip("[]")
     desc = f"tcp:{m.group('port')}"
@@ -65,6 +66,13 @@ class DuctileService(service.Service):
         self.api: Api | None = None
         self.ingress_stats: Any = None
         self.metrics = Metrics()
+        self.manhole: Any = None
+        if self.config.manhole is not None:
+            from ductile.admin import admin_namespace, build_manhole_service
+
+            # Built now so a bad admin.manhole refuses the start before anything
+            # opens; the namespace is read per session, once the queue exists.
+            self.manhole = build_manhole_service(reactor, self.config.manhole, lambda: admin_namespace(self))
         self.started = defer.Deferred()
 
     def startService(self) -> None:
@@ -130,6 +138,10 @@ class DuctileService(service.Service):
 
         self.dispatcher.start()
         self._start_scheduler()
+        if self.manhole is not None:
+            self.manhole.startService()
+            await self.manhole.whenListening()
+            self.log.info("admin manhole listening on {listen}", listen=self.config.manhole.listen)
         self.log.info(
             "{service} started: {plugins} plugins, {peers} relay peers, {instances} relay instances",
             service=cfg.service.name, plugins=len(self.instance.plugins),
@@ -164,6 +176,8 @@ class DuctileService(service.Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self.manhole is not None and self.manhole.running:
+            await self.manhole.stopService()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.port is not None:

@@ -24,6 +24,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        from ductile.admin import AdminConfigError, check_manhole
         from ductile.config import ConfigError, load_config
         from ductile.instance import InstanceError, build_instance
         from ductile.logging import set_level
@@ -32,11 +33,13 @@ class Options(usage.Options):
         try:
             config = load_config(self["config"])
             self["instance"] = build_instance(config)
+            if config.manhole is not None:
+                check_manhole(config.manhole)
             # Taken before twistd daemonizes, so a second instance on the same
             # state database stops here with a message.
             self["lock"] = StateLock(config.state.path)
             self["lock"].acquire()
-        except (ConfigError, InstanceError, StateLocked) as e:
+        except (ConfigError, InstanceError, AdminConfigError, StateLocked) as e:
             raise usage.UsageError(str(e)) from None
         set_level(config.service.log_level)
 

@@ -184,3 +184,16 @@ class MetricsTests(TestCase):
         self.assertIn('ductile_relay_ingress_rejected_total{reason="unknown_peer"} 1', after)
         self.assertIn('ductile_plugin_run_duration_seconds_count{outcome="ok",plugin="recorder"} 1', after)
         self.assertNotIn("s3cr3t-value", after)
+
+
+class ListenEndpointTests(TestCase):
+    def test_forms(self) -> None:
+        """Go-style host:port becomes a TCP endpoint; endpoint strings pass through."""
+        from ductile.service import listen_endpoint
+
+        self.assertEqual(listen_endpoint("127.0.0.1:8080"), "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(listen_endpoint(":8080"), "tcp:8080")
+        self.assertEqual(listen_endpoint("[::1]:8080"), r"tcp:8080:interface=\:\:1")
+        self.assertEqual(listen_endpoint("tcp:8080"), "tcp:8080")
+        self.assertEqual(listen_endpoint("ssl:8443"), "ssl:8443")
+        self.assertEqual(listen_endpoint("unix:/run/d.sock:mode=600"), "unix:/run/d.sock:mode=600")
