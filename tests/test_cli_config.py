@@ -79,7 +79,11 @@ class ConfigCheckTests(SynchronousTestCase):
         code, out = self.run_check("--config", base)
         self.assertEqual(code, 0, out)
         self.assertIn("plugins found: 2 (under 1 plugin root(s))", out)
-        self.assertIn("1 warning(s):\n  warning: config.yaml: service.colour: unknown key", out)
+        self.assertIn("3 warning(s):\n  warning: config.yaml: service.colour: unknown key", out)
+        # The fixture's manifests are placeholders: config check loads plugins
+        # as the service would and says why each one was not loaded.
+        self.assertIn("manifest_spec: is required", out)
+        self.assertIn("plugins loaded: none", out)
 
     def test_strict_flag_fails(self) -> None:
         base = self.make({"config.yaml": "service: {name: lab, colour: blue}\nplugin_roots: [plugins]\n"})
@@ -124,3 +128,38 @@ class ConfigCheckTests(SynchronousTestCase):
         self.assertEqual(code, 1)
         self.assertIn("config.yaml: invalid YAML at line 2", out)
         self.assertNotIn(SECRET, out)
+
+
+class ConfigCheckLoadsEverythingTests(SynchronousTestCase):
+    """config check loads plugins and compiles pipelines, as the service would."""
+
+    def check(self, files: dict) -> tuple[int, str]:
+        import io
+
+        from ductile.cli.main import main
+        from ductile.testing.instance import write_config
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(base, "plugins"))
+        cfg = write_config(os.path.join(base, "cfg"), files)
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        code = main(["config", "check", "--config", cfg])
+        return code, out.getvalue()
+
+    def test_pipeline_with_unknown_plugin_fails(self) -> None:
+        code, text = self.check({"config.yaml": {
+            "service": {"name": "x"}, "plugin_roots": ["../plugins"],
+            "pipelines": [{"name": "p", "on": "a.b", "steps": [{"id": "s", "uses": "ghost"}]}],
+        }})
+        self.assertEqual(code, 1)
+        self.assertIn('pipeline "p" step "s": unknown plugin "ghost"', text)
+        self.assertIn("config check FAILED", text)
+
+    def test_manhole_on_all_interfaces_fails(self) -> None:
+        code, text = self.check({"config.yaml": {
+            "service": {"name": "x"}, "plugin_roots": ["../plugins"],
+            "admin": {"manhole": {"listen": "tcp:2222", "host_key": "k", "authorized_keys": "a"}},
+        }})
+        self.assertEqual(code, 1)
+        self.assertIn("admin.manhole", text)

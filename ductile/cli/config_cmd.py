@@ -145,6 +145,8 @@ def _text(summary: dict[str, Any]) -> list[str]:
         )
     lines.append(f"pipelines: {summary['pipelines']}")
     lines.append(f"plugins found: {summary['plugins_found']} (under {len(summary['plugin_roots'])} plugin root(s))")
+    if "plugins_loaded" in summary:
+        lines.append(f"plugins loaded: {', '.join(summary['plugins_loaded']) or 'none'}")
     return lines
 
 
@@ -167,14 +169,36 @@ def run_check(args: argparse.Namespace) -> int:
             _write_list(out, "error", e.problems)
             out.write("config check FAILED\n")
         return 1
+    # Load everything the service would: plugins, pipelines, the manhole.
+    from ductile.admin import AdminConfigError, check_manhole
+    from ductile.instance import InstanceError, build_instance
+
     summary = summarise(config)
+    warnings = list(config.warnings)
+    errors: list[str] = []
+    try:
+        instance = build_instance(config)
+    except InstanceError as e:
+        errors += str(e).splitlines()
+    else:
+        summary["plugins_loaded"] = sorted(instance.plugins)
+        warnings += [f"plugin not loaded: {p}" for p in instance.plugin_problems]
+    if config.manhole is not None:
+        try:
+            check_manhole(config.manhole)
+        except AdminConfigError as e:
+            errors.append(str(e))
+    summary["warnings"] = warnings
+    summary["errors"] = errors
+    summary["ok"] = not errors
     if args.json:
         out.write(json.dumps(summary, indent=2) + "\n")
     else:
         out.write("\n".join(_text(summary)) + "\n")
-        _write_list(out, "warning", config.warnings)
-        out.write("config OK\n")
-    return 0
+        _write_list(out, "warning", warnings)
+        _write_list(out, "error", errors)
+        out.write("config check FAILED\n" if errors else "config OK\n")
+    return 1 if errors else 0
 
 
 def _write_list(out: Any, kind: str, items: tuple[str, ...] | list[str]) -> None:
