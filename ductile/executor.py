@@ -227,6 +227,8 @@ class JobExecutor:
 
         relay = job.payload.get("relay") or {}
         target = relay.get("to", "")
+        # Given by whoever queued the delivery (the API / `relay send --queue`).
+        origin = relay.get("origin") or {}
         event = Event.from_json(job.payload)
         if self._sender is None:
             await self._finish(job, Completion(DEAD, error="relay sender is not configured"))
@@ -236,7 +238,10 @@ class JobExecutor:
             payload=relay.get("payload", event.payload),
             dedupe_key=relay.get("dedupe_key") or "",
             origin=Origin(
-                instance=self._config.service.name, plugin=RELAY_PLUGIN, job_id=job.id, event_id=event.event_id
+                instance=self._config.service.name,
+                plugin=origin.get("plugin") or RELAY_PLUGIN,
+                job_id=origin.get("job_id") or job.id,
+                event_id=origin.get("event_id") or event.event_id,
             ),
             baggage=relay.get("baggage") or {},
         )

@@ -29,7 +29,9 @@ def _free_port() -> int:
     return port
 
 
-class RelayEndToEndTests(TestCase):
+class RelayFixture(TestCase):
+    """Two instances' configs (lab receives, home-primary relays) and helpers."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -108,6 +110,9 @@ class RelayEndToEndTests(TestCase):
         counts = await service.queue.counts()
         return counts.get("queued", 0) + counts.get("running", 0) == 0 and sum(counts.values()) > 0
 
+
+
+class RelayEndToEndTests(RelayFixture):
     async def test_pipeline_relay_runs_seed_pipeline_on_receiver(self) -> None:
         """
         home-primary's pipeline relays backup.ready; lab accepts it and runs
@@ -237,3 +242,70 @@ class RelayEndToEndTests(TestCase):
         await wait_until(home, replayed)
         await wait_until(lab3, lambda: self._all_done(lab3))
         self.assertEqual(len(read_records(self.records)), 2)
+
+
+class QueuedSendTests(RelayFixture):
+    """`relay send --queue` and POST /relay/{instance}: durable delivery through the local instance."""
+
+    async def test_queued_send_is_delivered_with_origin(self) -> None:
+        """
+        The CLI hands the seed's envelope to home-primary, which commits a
+        delivery and relays it; lab runs the pipeline with the given origin's
+        derived identity and the admitted baggage.
+        """
+        import io
+
+        from ductile.cli.main import build_parser
+
+        from ductile.cli.relay_cmd import queue_send
+
+        lab = await start_instance(self, self.lab_config(), self.environ)
+        home = await start_instance(self, self.home_config(port_of(lab)), self.environ)
+        home_dir = os.path.join(self.base, "home")
+        # The CLI reaches the running instance through api.listen: give it the real port.
+        with open(os.path.join(home_dir, "config.yaml")) as f:
+            text = f.read().replace("127.0.0.1:0", f"127.0.0.1:{port_of(home)}")
+        with open(os.path.join(home_dir, "config.yaml"), "w") as f:
+            f.write(text)
+        # The seed's CLI line, plus --queue.
+        args = build_parser().parse_args([
+            "relay", "send", "lab", "--event", "backup.ready",
+            "--payload", '{"archive_path":"/srv/backups/latest.tar.zst","archive_id":"nightly-2026-05-03"}',
+            "--dedupe-key", "backup.ready:nightly-2026-05-03", "--origin-plugin", "backup-runner",
+            "--origin-job-id", "job-123", "--origin-event-id", "evt-456", "--baggage", '{"trace_id":"tr-789"}',
+            "--queue", "--config", home_dir,
+        ])
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(os, "environ", self.environ)
+        code = await deferToThreadWithReactor(queue_send, args, out, err)
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertIn("Queued backup.ready for lab as delivery", out.getvalue())
+
+        async def delivered() -> bool:
+            jobs = await self._jobs(home, plugin="core.relay", status="succeeded")
+            return bool(jobs)
+
+        await wait_until(home, delivered)
+        await wait_until(lab, lambda: self._all_done(lab))
+        first = read_records(self.records)[0]
+        self.assertEqual(first["event"]["dedupe_key"], "backup.ready:nightly-2026-05-03")
+        self.assertEqual(first["context"]["trace_id"], "tr-789")
+        self.assertNotIn(SECRET, out.getvalue() + err.getvalue())
+
+    async def test_enqueue_endpoint_rejections(self) -> None:
+        """Unknown instance 404, disallowed type 422, bad type 400 — nothing queued."""
+        home = await start_instance(self, self.home_config(_free_port()), self.environ)
+        self.assertEqual(await self._post(home, "/relay/nowhere", {"event": {"type": "backup.ready"}}),
+                         (404, {"error": 'relay instance "nowhere" not configured'}))
+        self.assertEqual(await self._post(home, "/relay/lab", {"event": {"type": "other.thing"}}),
+                         (422, {"error": 'relay instance "lab" does not allow event type "other.thing"'}))
+        self.assertEqual(await self._post(home, "/relay/lab", {"event": {"type": "Bad_Type"}}),
+                         (400, {"error": "event.type must use lower-case dotted form"}))
+        self.assertEqual(await self._jobs(home), [])
+
+
+def deferToThreadWithReactor(f, *args):
+    """Run a blocking CLI function in a thread while the reactor serves the API it calls."""
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f, *args)

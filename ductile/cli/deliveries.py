@@ -132,16 +132,26 @@ def replay_token(config: Any) -> str | None:
 
 
 def post_replay(base_url: str, token: str, job_id: str, timeout: float = API_TIMEOUT) -> tuple[int, dict[str, Any]]:
+    """POST the replay of C{job_id} to the instance API (see L{post_json})."""
+    return post_json(
+        base_url, token, f"/relay/deliveries/{urllib.parse.quote(job_id, safe='')}/replay", b"{}",
+        "the replay may or may not have been queued: check `ductile relay deliveries`", timeout,
+    )
+
+
+def post_json(
+    base_url: str, token: str, path: str, body: bytes, unknown_outcome: str, timeout: float = API_TIMEOUT
+) -> tuple[int, dict[str, Any]]:
     """
-    POST the replay to the API; C{(status, json body)}.
+    POST C{body} to the local instance API; C{(status, json body)}.
 
     Plain C{http.client}: no proxy from the environment ever sees the
     bearer token, and connecting is separate from asking, so only a failed
     connection (nothing listening) is a reason to fall back.
 
     @raise ApiUnreachable: no connection (refused, unreachable, timed out).
-    @raise db.InspectError: connected, but no usable answer (the replay may
-        or may not have been queued, so we must not queue another).
+    @raise db.InspectError: connected, but no usable answer (the request
+        may or may not have taken effect: C{unknown_outcome} says what to check).
     """
     parts = urllib.parse.urlsplit(base_url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
@@ -152,25 +162,22 @@ def post_replay(base_url: str, token: str, job_id: str, timeout: float = API_TIM
             raise ApiUnreachable(e.strerror or str(e) or type(e).__name__) from None
         try:
             conn.request(
-                "POST",
-                f"/relay/deliveries/{urllib.parse.quote(job_id, safe='')}/replay",
-                body=b"{}",
+                "POST", path, body=body,
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
             response = conn.getresponse()
             status, raw = response.status, response.read(MAX_ANSWER)
         except (OSError, http.client.HTTPException) as e:
             raise db.InspectError(
-                f"no answer from the instance API at {base_url} ({type(e).__name__}: {e}); the replay may or "
-                "may not have been queued: check `ductile relay deliveries`"
+                f"no answer from the instance API at {base_url} ({type(e).__name__}: {e}); {unknown_outcome}"
             ) from None
     finally:
         conn.close()
     try:
-        body = json.loads(raw.decode("utf-8")) if raw else {}
+        answer = json.loads(raw.decode("utf-8")) if raw else {}
     except ValueError:
-        body = {"error": raw[:200].decode("utf-8", "replace")}
-    return status, body if isinstance(body, dict) else {"body": body}
+        answer = {"error": raw[:200].decode("utf-8", "replace")}
+    return status, answer if isinstance(answer, dict) else {"body": answer}
 
 
 def replay_in_database(path: str, job_id: str, dedupe_ttl: float, now: float) -> str:

@@ -53,6 +53,12 @@ def register(subparsers: Any) -> None:
     send.add_argument("--origin-job-id", default="", metavar="ID")
     send.add_argument("--origin-event-id", default="", metavar="ID")
     send.add_argument(
+        "--queue",
+        action="store_true",
+        help="hand the event to the local instance (its API) for durable delivery with retries, "
+        "instead of sending it from this process",
+    )
+    send.add_argument(
         "--retries",
         type=int,
         default=2,
@@ -268,7 +274,54 @@ def _run(args: argparse.Namespace, verb: str, runner: Callable[..., defer.Deferr
 
 
 def send_handler(args: argparse.Namespace) -> int:
+    if getattr(args, "queue", False):
+        return queue_send(args)
     return _run(args, "send", run_send)
+
+
+def queue_send(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """
+    C{relay send --queue}: POST the envelope to the local instance's
+    C{/relay/<instance>}; it commits a delivery job and retries it durably.
+    """
+    from ductile import jobview
+    from ductile.cli.deliveries import ApiUnreachable, api_base_url, post_json, replay_token
+    from ductile.config import ConfigError, load_config
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        config = load_config(args.config)
+        envelope = build_envelope(args)
+    except (ConfigError, UsageError) as e:
+        print(f"ductile relay send: {e}", file=err)
+        return 1
+    token = replay_token(config)
+    if not config.api.enabled or token is None:
+        print("ductile relay send: --queue needs the local API enabled and a token with relay:rw "
+              "(api.auth.tokens or a tokens.yaml entry with scopes)", file=err)
+        return 1
+    base = api_base_url(config.api.listen)
+    name = args.instance.strip()
+    try:
+        status, body = post_json(base, token, f"/relay/{name}", envelope.to_bytes(),
+                                 "check `ductile relay deliveries` before sending again")
+    except ApiUnreachable as e:
+        print(f"ductile relay send: the local instance is not reachable at {base} ({e}); "
+              "start it, or send without --queue", file=err)
+        return 1
+    except jobview.InspectError as e:
+        print(f"ductile relay send: {e}", file=err)
+        return 1
+    if status != 202:
+        print(f"ductile relay send: the local instance refused the event ({status}): "
+              f"{body.get('error', body)}", file=err)
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2), file=out)
+    else:
+        print(f"Queued {envelope.event_type} for {name} as delivery {body['job_id']}", file=out)
+        print("Follow it with: ductile relay deliveries", file=out)
+    return 0
 
 
 def check_handler(args: argparse.Namespace) -> int:

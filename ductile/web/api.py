@@ -157,6 +157,7 @@ class Api:
             self._route(b"POST", r"/pipeline/(?P<name>[^/]+)", ("plugin:rw",), self.trigger_pipeline),
             self._route(b"GET", r"/relay/deliveries", ("relay:ro",), self.relay_deliveries),
             self._route(b"POST", r"/relay/deliveries/(?P<job_id>[^/]+)/replay", ("relay:rw",), self.relay_replay),
+            self._route(b"POST", r"/relay/(?P<instance>[^/]+)", ("relay:rw",), self.relay_enqueue),
             self._route(b"GET", r"/metrics", ("metrics:ro",), self.metrics),
         ]
 
@@ -325,6 +326,44 @@ class Api:
         except ValueError as e:
             raise ApiError(409, str(e))
         return 202, {"job_id": new_id, "replay_of": job_id, "status": "queued"}
+
+    async def relay_enqueue(self, request: server.Request, principal: Any, instance: str) -> tuple[int, Any]:
+        """
+        Take an envelope for durable delivery to C{instance}: the relay job
+        is committed before this answers 202, then sent with retries.
+        """
+        from ductile.events import RELAY_EVENT_TYPE
+        from ductile.relay.envelope import EnvelopeError, decode_envelope
+
+        target = self._config.enabled_instance(instance)
+        if target is None:
+            raise ApiError(404, f'relay instance "{instance}" not configured')
+        request.content.seek(0)
+        try:
+            envelope = decode_envelope(request.content.read())
+        except EnvelopeError as e:
+            raise ApiError(400, str(e))
+        event_type = envelope.event_type.strip()
+        if not event_type:
+            raise ApiError(400, "event.type is required")
+        if not RELAY_EVENT_TYPE.match(event_type):
+            raise ApiError(400, "event.type must use lower-case dotted form")
+        if target.allow and event_type not in target.allow:
+            raise ApiError(422, f'relay instance "{target.name}" does not allow event type "{event_type}"')
+        event = Event.create(event_type, envelope.payload, "api", self._clock.seconds(),
+                             dedupe_key=envelope.dedupe_key or None)
+        payload = event.to_json()
+        origin = {k: v for k, v in attrs.asdict(envelope.origin).items() if v and k != "instance"}
+        payload["relay"] = {
+            "to": target.name, "event_type": event_type, "dedupe_key": envelope.dedupe_key or None,
+            "payload": dict(envelope.payload), "baggage": dict(envelope.baggage), "origin": origin,
+        }
+        [result] = await self._queue.enqueue([JobSpec(
+            RELAY_PLUGIN, "handle", payload, submitted_by="api", max_attempts=target.retry.max_attempts,
+            dedupe_key=envelope.dedupe_key or None,
+        )])
+        return 202, {"job_id": result.job_id, "status": "queued", "to": target.name, "event_type": event_type,
+                     "deduplicated": result.deduplicated}
 
     async def metrics(self, request: server.Request, principal: Any) -> tuple[int, Any]:
         from ductile.metrics import Metrics, render
