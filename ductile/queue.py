@@ -126,6 +126,7 @@ class JobQueue:
         self._clock = clock
         self.dedupe_ttl = dedupe_ttl
         self._listeners: list[Callable[[], None]] = []
+        self._waiters: list[defer.Deferred[None]] = []
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """
@@ -135,9 +136,19 @@ class JobQueue:
         """
         self._listeners.append(listener)
 
+    def changed(self) -> defer.Deferred[None]:
+        """Fire once, after the next commit that may have moved any job."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
     def _notify(self, result: T) -> T:
         for listener in self._listeners:
             listener()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(None)
         return result
 
     # -- writes ---------------------------------------------------------

@@ -23,7 +23,9 @@ TOKENS = {
 }
 
 
-class ApiTests(TestCase):
+class ApiFixture(TestCase):
+    """A running instance with recorder plugins, a two-step pipeline and scoped tokens."""
+
     timeout = 30
 
     async def setUp(self) -> None:
@@ -58,6 +60,9 @@ class ApiTests(TestCase):
         counts = await self.service.queue.counts()
         return counts.get("queued", 0) + counts.get("running", 0) == 0
 
+
+
+class ApiTests(ApiFixture):
     async def test_healthz_needs_no_token(self) -> None:
         """/healthz answers without credentials and reports queue depth and plugins."""
         code, body = await self.call("GET", "/healthz", token=None)
@@ -197,3 +202,23 @@ class ListenEndpointTests(TestCase):
         self.assertEqual(listen_endpoint("tcp:8080"), "tcp:8080")
         self.assertEqual(listen_endpoint("ssl:8443"), "ssl:8443")
         self.assertEqual(listen_endpoint("unix:/run/d.sock:mode=600"), "unix:/run/d.sock:mode=600")
+
+
+class SyncPipelineTests(ApiFixture):
+    """POST /pipeline/{name}?wait=: a bounded synchronous answer (contract §3.5)."""
+
+    async def test_wait_returns_the_finished_tree(self) -> None:
+        code, body = await self.call("POST", "/pipeline/chain?wait=20s", token="writer", body={"payload": {"x": 1}})
+        self.assertEqual((code, body["status"]), (200, "succeeded"), body)
+        self.assertEqual([j["plugin"] for j in body["tree"]], ["recorder", "second"])
+        self.assertEqual(body["result"], "second ran handle")
+        self.assertIsInstance(body["duration_ms"], int)
+
+    async def test_wait_timeout_answers_202_running(self) -> None:
+        code, body = await self.call("POST", "/pipeline/chain?wait=0s", token="writer", body={})
+        self.assertEqual((code, body["status"], body["timeout_exceeded"]), (202, "running", True))
+        await wait_until(self.service, self._done)
+
+    async def test_bad_wait_value(self) -> None:
+        code, body = await self.call("POST", "/pipeline/chain?wait=soon", token="writer", body={})
+        self.assertEqual((code, body["error"]), (400, "wait must be a duration such as 30s, got 'soon'"))

@@ -25,12 +25,17 @@ from ductile.config.models import Config
 from ductile.errors import StorageUnavailable
 from ductile.events import Event
 from ductile.executor import RELAY_PLUGIN, dispatch_to_spec
-from ductile.queue import JobQueue, JobSpec
+from ductile.queue import TERMINAL, JobQueue, JobSpec
 from ductile.timestamps import format_rfc3339nano
 from ductile.web.auth import Authenticator, AuthError
 from ductile.web.json_response import write_json
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
+
+#: Synchronous pipeline calls (contract §3.5): defaults as Go's api.* settings.
+MAX_CONCURRENT_SYNC = 10
+MAX_SYNC_TIMEOUT = 300.0
+DEFAULT_SYNC_TIMEOUT = 30.0
 
 
 class ApiError(Exception):
@@ -146,6 +151,7 @@ class Api:
         self._metrics = metrics
         self._ingress_stats = ingress_stats
         self._auth = Authenticator.from_config(config)
+        self._sync_running = 0
         self._started = clock.seconds()
         self.routes: Sequence[Route] = [
             self._route(b"GET", r"/healthz", None, self.healthz),
@@ -291,18 +297,84 @@ class Api:
         if not isinstance(baggage, dict):
             raise ApiError(400, "baggage must be a JSON object")
         try:
-            trigger = self._router.pipeline(name).on
+            pipeline = self._router.pipeline(name)
         except KeyError:
             raise ApiError(404, f"pipeline {name!r} not found")
-        event = Event.create(trigger or "api.pipeline.trigger", payload, "api", self._clock.seconds(),
+        wait = self._sync_budget(request, pipeline)
+        event = Event.create(pipeline.on or "api.pipeline.trigger", payload, "api", self._clock.seconds(),
                              dedupe_key=body.get("dedupe_key") or None)
         dispatches = self._router.route_pipeline(name, event, baggage)
+        if wait is not None and len(dispatches) > 1:
+            raise ApiError(400, f"pipeline {name!r} starts with {len(dispatches)} parallel steps; "
+                                "a synchronous call needs exactly one (use ?async=true)")
         specs = [dispatch_to_spec(d, self._config, submitted_by="api", source_event_id=event.event_id)
                  for d in dispatches]
         if not specs:
             return 202, {"job_id": None, "status": "skipped", "plugin": "pipeline", "command": name}
+        if wait is not None and self._sync_running >= MAX_CONCURRENT_SYNC:
+            raise ApiError(503, "too many concurrent synchronous requests")
         results = await self._queue.enqueue(specs)
-        return 202, {"job_id": results[0].job_id, "status": "queued", "plugin": "pipeline", "command": name}
+        job_id = results[0].job_id
+        if wait is None:
+            return 202, {"job_id": job_id, "status": "queued", "plugin": "pipeline", "command": name}
+        return await self._wait_for_tree(job_id, wait)
+
+    def _sync_budget(self, request: server.Request, pipeline: Any) -> float | None:
+        """
+        Seconds to wait for the pipeline's tree, or None for an async call:
+        C{?wait=DURATION} asks for it, C{execution_mode: synchronous} makes it
+        the default, C{?async=true} opts out; capped at L{MAX_SYNC_TIMEOUT}.
+        """
+        from ductile.config import parse_duration
+
+        if (self._arg(request, "async") or "").lower() == "true":
+            return None
+        wait = self._arg(request, "wait")
+        if wait is not None:
+            try:
+                budget = parse_duration(wait) if not wait.replace(".", "", 1).isdigit() else float(wait)
+            except ValueError:
+                raise ApiError(400, f"wait must be a duration such as 30s, got {wait!r}")
+        elif pipeline.execution_mode == "synchronous":
+            timeout = pipeline.timeout
+            budget = parse_duration(str(timeout)) if timeout else DEFAULT_SYNC_TIMEOUT
+        else:
+            return None
+        return max(0.0, min(budget, MAX_SYNC_TIMEOUT))
+
+    async def _wait_for_tree(self, job_id: str, budget: float) -> tuple[int, Any]:
+        """
+        Wait until every job in the tree is terminal.  Completion and its
+        successors commit together, so one read of a terminal tree is final.
+        """
+        started = self._clock.seconds()
+        self._sync_running += 1
+        try:
+            while True:
+                changed = self._queue.changed()
+                tree = await self._queue.job_tree(job_id)
+                if tree and all(j["status"] in TERMINAL for j in tree):
+                    break
+                remaining = started + budget - self._clock.seconds()
+                if remaining <= 0:
+                    return 202, {"job_id": job_id, "status": "running", "timeout_exceeded": True,
+                                 "message": "Pipeline still running after timeout."}
+                changed.addTimeout(remaining, self._clock)
+                try:
+                    await changed
+                except defer.TimeoutError:
+                    pass
+        finally:
+            self._sync_running -= 1
+        failed = [j["status"] for j in tree if j["status"] in ("failed", "timed_out", "dead")]
+        last = tree[-1]
+        return 200, {
+            "job_id": job_id,
+            "status": failed[-1] if failed else "succeeded",
+            "duration_ms": int((self._clock.seconds() - started) * 1000),
+            "result": last["result"],
+            "tree": [job_view(j) for j in tree],
+        }
 
     async def relay_deliveries(self, request: server.Request, principal: Any) -> tuple[int, Any]:
         jobs = await self._queue.list_jobs(status=self._arg(request, "status"), plugin=RELAY_PLUGIN,
