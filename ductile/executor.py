@@ -156,6 +156,8 @@ class JobExecutor:
             job.plugin, "ok" if outcome.error is None else ("timed_out" if outcome.timed_out else "error"),
             outcome.duration,
         )
+        if outcome.response is not None:
+            self._log_plugin_lines(job, outcome.response.logs)
         if outcome.response is not None and outcome.error is None:
             response = outcome.response
             try:
@@ -200,6 +202,17 @@ class JobExecutor:
                 error=error,
             )
         await self._finish(job, completion)
+
+    def _log_plugin_lines(self, job: ClaimedJob, logs: Sequence[Any]) -> None:
+        """Relay the plugin's own C{logs} entries into the service log."""
+        levels = {"debug": self.log.debug, "info": self.log.info, "warn": self.log.warn,
+                  "warning": self.log.warn, "error": self.log.error}
+        for entry in logs or ():
+            if not isinstance(entry, dict):
+                continue
+            emit = levels.get(str(entry.get("level", "info")).lower(), self.log.info)
+            emit("plugin {plugin} (job {job_id}): {plugin_message}", plugin=job.plugin, job_id=job.id,
+                 plugin_message=str(entry.get("message", ""))[:2000])
 
     def _route(self, job: ClaimedJob, events: Sequence[Event], result: Any) -> list[JobSpec]:
         """Successor jobs for what a finished step produced."""

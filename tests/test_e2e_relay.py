@@ -204,6 +204,33 @@ class RelayEndToEndTests(RelayFixture):
         await wait_until(lab, lambda: self._all_done(lab))
         self.assertEqual(len(read_records(self.records)), 2)
 
+    async def test_pending_retry_survives_sender_restart(self) -> None:
+        """
+        A delivery waiting for its next retry when the sender stops is
+        resumed from the database by the restarted sender and delivered once.
+        """
+        lab_port = _free_port()
+        home_dir = self.home_config(lab_port)
+        home = await start_instance(self, home_dir, self.environ)
+        await self._post(home, "/pipeline/offsite", {"payload": {"archive_id": "a4"}, "baggage": {"trace_id": "t"}})
+
+        async def waiting() -> Any:
+            jobs = await self._jobs(home, plugin="core.relay", status="queued")
+            return jobs and jobs[0]["next_retry_at"] is not None and jobs[0]["attempt"] >= 2
+
+        await wait_until(home, waiting)
+        await home.stopService()
+        lab = await start_instance(self, self.lab_config(port=lab_port), self.environ)
+        home2 = await start_instance(self, home_dir, self.environ)
+
+        async def delivered() -> bool:
+            return bool(await self._jobs(home2, plugin="core.relay", status="succeeded"))
+
+        await wait_until(home2, delivered)
+        await wait_until(lab, lambda: self._all_done(lab))
+        self.assertEqual([r["plugin"] for r in read_records(self.records)], ["backup-verifier", "cold-storage-sync"])
+        self.assertEqual(len(await self._jobs(home2, plugin="core.relay")), 1)
+
     async def test_rejected_relay_goes_dead_and_replays(self) -> None:
         """
         A permanent rejection (the receiver does not accept the event type)
