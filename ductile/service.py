@@ -10,7 +10,6 @@ close the database.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.application import service
@@ -18,6 +17,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from ductile.dispatch import Dispatcher
+from ductile.endpoints import go_style_to_endpoint
 from ductile.executor import RELAY_PLUGIN, JobExecutor
 from ductile.instance import Instance
 from ductile.metrics import Metrics
@@ -26,26 +26,6 @@ from ductile.store.lock import StateLock
 from ductile.store.pool import open_pool, prepare_database
 from ductile.store.writer import GroupCommitWriter
 from ductile.web.api import Api
-
-_HOST_PORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:]*):(?P<port>\d+)$")
-_ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "stdio", "onion", "tor"}
-
-
-def listen_endpoint(listen: str) -> str:
-    """
-    C{api.listen} as a Twisted endpoint string.  Go-style C{host:port}
-    (C{127.0.0.1:8080}, C{:8080}, C{[::1]:8080}) or an endpoint string
-    (C{tcp:...}, C{unix:...}, C{ssl:...}) as is.
-    """
-    m = _HOST_PORT.match(listen.strip())
-    if m is None or m.group("host").lower() in _ENDPOINT_TYPES:
-        return listen
-    host = m.group("host").strip("[]")
-    desc = f"tcp:{m.group('port')}"
-    if host:
-        desc += ":interface=" + host.replace(":", r"\:")
-    return desc
-
 
 class DuctileService(service.Service):
     log = Logger()
@@ -132,7 +112,7 @@ class DuctileService(service.Service):
             reactor=self.reactor,
         )
         if cfg.api.enabled or ingress is not None:
-            desc = listen_endpoint(cfg.api.listen)
+            desc = go_style_to_endpoint(cfg.api.listen)
             self.port = await endpoints.serverFromString(self.reactor, desc).listen(self.site)
             self.log.info("{service} listening on {listen}", service=cfg.service.name, listen=cfg.api.listen)
 

@@ -194,7 +194,7 @@ class MetricsTests(TestCase):
 class ListenEndpointTests(TestCase):
     def test_forms(self) -> None:
         """Go-style host:port becomes a TCP endpoint; endpoint strings pass through."""
-        from ductile.service import listen_endpoint
+        from ductile.endpoints import go_style_to_endpoint as listen_endpoint
 
         self.assertEqual(listen_endpoint("127.0.0.1:8080"), "tcp:8080:interface=127.0.0.1")
         self.assertEqual(listen_endpoint(":8080"), "tcp:8080")

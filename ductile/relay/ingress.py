@@ -31,6 +31,7 @@ from ductile.config.models import Peer, PeerKey, RemoteIngress
 from ductile.errors import StorageUnavailable
 from ductile.events import RELAY_EVENT_TYPE, Event
 from ductile.relay import admission
+from ductile.config.relay import normalise_listen_path
 from ductile.relay.admission import Rejected, Row
 from ductile.relay.envelope import EnvelopeError, decode_envelope
 from ductile.relay.signing import verify
@@ -74,22 +75,6 @@ class Acceptor(Protocol):
         the write.
         """
         ...
-
-
-def normalise_listen_path(path: str) -> str:
-    """
-    Contract §1.1: trimmed; empty means C{/ingest/peer}; C{/} stays C{/};
-    otherwise trailing slashes are dropped.
-    """
-    path = path.strip()
-    if not path:
-        return DEFAULT_LISTEN_PATH
-    if path == "/":
-        return path
-    path = path.rstrip("/") or "/"
-    if not path.startswith("/"):
-        path = "/" + path
-    return path
 
 
 def ingress_body_limit_for(
