@@ -304,3 +304,49 @@ class LoopbackOversizeTests(TestCase):
             self.assertEqual(response.status, 413)
         self.assertEqual(self.rendered, [])
         self.assertEqual(self.stats.rejected, {"payload_too_large": 20})
+
+
+class ReadDeadlineTests(SynchronousTestCase):
+    """A client must send a whole request within the read deadline."""
+
+    def _connect(self, deadline: float = 10.0):
+        from twisted.internet import task
+        from twisted.internet.testing import StringTransport
+        from twisted.web import resource
+
+        from ductile.web.limits import DuctileSite
+
+        class Ok(resource.Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                return b"ok"
+
+        clock = task.Clock()
+        site = DuctileSite(Ok(), body_limit_for=lambda path: 1024, reactor=clock, read_deadline=deadline)
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return clock, channel, transport
+
+    def test_trickling_client_cut_off(self) -> None:
+        """Bytes trickling in do not extend the deadline: 408 and the connection closes."""
+        clock, channel, transport = self._connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(9):
+            clock.advance(1)
+            channel.dataReceived(b"x")
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
+        self.assertTrue(transport.value().endswith(b'{"error":"request read timed out"}\n'))
+        self.assertTrue(transport.disconnecting)
+
+    def test_complete_request_disarms_deadline(self) -> None:
+        """A request received in time is answered, and the deadline does not fire later."""
+        clock, channel, transport = self._connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        clock.advance(30)
+        self.assertIn(b"200 OK", transport.value())
+        self.assertNotIn(b"408", transport.value())
+        self.assertEqual([c for c in clock.getDelayedCalls() if "_readTimedOut" in repr(c)], [])

@@ -194,10 +194,52 @@ class LimitedRequest(server.Request):
 
 
 class LimitedChannel(http.HTTPChannel):
-    """Plain HTTP/1.1 with tighter header limits (excess answers 400)."""
+    """
+    Plain HTTP/1.1 with tighter header limits (excess answers 400) and a
+    read deadline: a client gets C{readDeadline} seconds from the first byte
+    of a request to the last byte of its body.  Twisted's own idle timeout
+    restarts on every byte, so without this a client trickling one byte at
+    a time could hold a connection (and its buffers) forever.
+    """
 
     maxHeaders = 100
     totalHeadersSize = 16384
+    #: Seconds to receive one whole request, as Go's server ReadTimeout (10s).
+    readDeadline: float | None = 10.0
+    _readTimer: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._readTimer is None and not self._handlingRequest and self.readDeadline:
+            self._readTimer = self.callLater(self.readDeadline, self._readTimedOut)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancelReadTimer()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancelReadTimer()
+        super().connectionLost(reason)
+
+    def _cancelReadTimer(self) -> None:
+        if self._readTimer is not None:
+            if self._readTimer.active():
+                self._readTimer.cancel()
+            self._readTimer = None
+
+    def _readTimedOut(self) -> None:
+        self._readTimer = None
+        peer = self.transport.getPeer()
+        log.warn(
+            "client {remote} did not send a whole request within {deadline}s; closing",
+            remote=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", deadline=self.readDeadline,
+        )
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: 35\r\n\r\n"
+            b'{"error":"request read timed out"}\n'
+        )
+        self.transport.loseConnection()
 
 
 class DuctileSite(server.Site):
@@ -218,6 +260,7 @@ class DuctileSite(server.Site):
         body_limit_for: BodyLimitFor,
         reactor: IReactorTime | None = None,
         timeout: float = 60.0,
+        read_deadline: float | None = 10.0,
     ) -> None:
         super().__init__(
             root,
@@ -227,11 +270,13 @@ class DuctileSite(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.body_limit_for = body_limit_for
+        self.read_deadline = read_deadline
         self._channels: set[Any] = set()
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         if channel is not None:
+            channel.readDeadline = self.read_deadline
             self._channels.add(channel)
             lost = channel.connectionLost
 
