@@ -95,6 +95,8 @@ class ApiConfig:
     listen: str = "127.0.0.1:8080"
     tokens: tuple[ApiToken, ...] = ()
     max_body_size: int = 1024 * 1024
+    #: Seconds a client has to send one whole request (headers and body).
+    read_timeout: float = 10.0
 
 
 @attrs.frozen
