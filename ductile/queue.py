@@ -198,6 +198,35 @@ class JobQueue:
             self._notify
         )
 
+    def prune(self, queue_retention: float, log_retention: float) -> defer.Deferred[dict[str, int]]:
+        """
+        Delete what retention no longer needs, so claim and dedupe stay flat:
+        succeeded/skipped jobs after C{queue_retention} (never sooner than
+        the dedupe window, which reads them), failed/timed-out/dead jobs —
+        the ones an operator replays — and all history after C{log_retention}.
+        """
+        now = self._clock.seconds()
+        done_cutoff = now - max(queue_retention, self.dedupe_ttl)
+        history_cutoff = now - log_retention
+
+        def prune(txn: Any) -> dict[str, int]:
+            counts = {}
+            txn.execute(
+                "DELETE FROM job_queue WHERE status IN ('succeeded','skipped') AND completed_at<?", (done_cutoff,)
+            )
+            counts["jobs"] = txn.rowcount
+            txn.execute(
+                "DELETE FROM job_queue WHERE status IN ('failed','timed_out','dead') AND completed_at<?",
+                (history_cutoff,),
+            )
+            counts["jobs"] += txn.rowcount
+            for table in ("job_log", "job_transitions", "relay_attempts", "event_context"):
+                txn.execute(f"DELETE FROM {table} WHERE created_at<?", (history_cutoff,))
+                counts[table] = txn.rowcount
+            return counts
+
+        return self._writer.submit(prune)
+
     # -- reads ----------------------------------------------------------
 
     def next_due(self) -> defer.Deferred[float | None]:

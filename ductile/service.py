@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
 from ductile.dispatch import Dispatcher
@@ -26,6 +26,10 @@ from ductile.store.lock import StateLock
 from ductile.store.pool import open_pool, prepare_database
 from ductile.store.writer import GroupCommitWriter
 from ductile.web.api import Api
+
+#: Seconds between retention prunes of the state database.
+PRUNE_INTERVAL = 3600.0
+
 
 class DuctileService(service.Service):
     log = Logger()
@@ -47,6 +51,7 @@ class DuctileService(service.Service):
         self.ingress_stats: Any = None
         self.metrics = Metrics()
         self.manhole: Any = None
+        self._pruner: Any = None
         if self.config.manhole is not None:
             from ductile.admin import admin_namespace, build_manhole_service
 
@@ -119,6 +124,11 @@ class DuctileService(service.Service):
 
         self.dispatcher.start()
         self._start_scheduler()
+        self._pruner = task.LoopingCall(self._prune)
+        self._pruner.clock = self.reactor
+        self._pruner.start(PRUNE_INTERVAL, now=True).addErrback(
+            lambda f: self.log.failure("retention pruning stopped", f)
+        )
         if self.manhole is not None:
             self.manhole.startService()
             await self.manhole.whenListening()
@@ -139,6 +149,17 @@ class DuctileService(service.Service):
         self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
         self.scheduler.start()
 
+    async def _prune(self) -> None:
+        assert self.queue is not None
+        svc = self.config.service
+        try:
+            counts = await self.queue.prune(svc.job_queue_retention, svc.job_log_retention)
+        except Exception:
+            self.log.failure("retention pruning failed; will try again")
+            return
+        if any(counts.values()):
+            self.log.info("retention: pruned {counts}", counts=counts)
+
     def _plugin_caps(self) -> dict[str, int]:
         caps = {}
         max_workers = self.config.service.max_workers
@@ -157,6 +178,8 @@ class DuctileService(service.Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self._pruner is not None and self._pruner.running:
+            self._pruner.stop()
         if self.manhole is not None and self.manhole.running:
             await self.manhole.stopService()
         if self.scheduler is not None:

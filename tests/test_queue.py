@@ -165,3 +165,36 @@ class QueueTests(TestCase):
             await pool.runOperation("PRAGMA query_only=ON")
         with self.assertRaises(StorageUnavailable):
             await queue2.enqueue([JobSpec("p", "poll")])
+
+
+class PruneTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_800_000_000)
+        self.queue, self.pool, self.path = make_queue(self, self.clock, dedupe_ttl=100)
+
+    async def _finish(self, status: str) -> str:
+        [r] = await self.queue.enqueue([JobSpec("p", "poll")])
+        [job] = await self.queue.claim(1)
+        await self.queue.complete(job, Completion(status, result="r", error=None if status == "succeeded" else "e"))
+        return r.job_id
+
+    async def test_retention(self) -> None:
+        """
+        Succeeded jobs go after the queue retention (never inside the dedupe
+        window); failed ones and history only after the log retention.
+        """
+        ok = await self._finish("succeeded")
+        dead = await self._finish("dead")
+        self.clock.advance(60)
+        self.assertEqual((await self.queue.prune(10, 1000))["jobs"], 0)  # dedupe window (100s) wins over 10s
+        self.clock.advance(50)
+        counts = await self.queue.prune(10, 1000)
+        self.assertEqual(counts["jobs"], 1)
+        self.assertIsNone(await self.queue.get_job(ok))
+        self.assertIsNotNone(await self.queue.get_job(dead))
+        self.clock.advance(1000)
+        counts = await self.queue.prune(10, 1000)
+        self.assertEqual(counts["jobs"], 1)
+        self.assertGreater(counts["job_log"], 0)
+        self.assertIsNone(await self.queue.get_job(dead))

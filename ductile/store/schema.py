@@ -96,6 +96,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX relay_attempts_job ON relay_attempts (job_id);
     """,
+    # 2: retention pruning reads by age.
+    """
+    CREATE INDEX job_queue_completed ON job_queue (status, completed_at);
+    CREATE INDEX job_log_created ON job_log (created_at);
+    CREATE INDEX job_transitions_created ON job_transitions (created_at);
+    CREATE INDEX relay_attempts_created ON relay_attempts (created_at);
+    CREATE INDEX event_context_created ON event_context (created_at);
+    """,
 )
 
 
