@@ -116,6 +116,7 @@ class DemoTests(TestCase):
         self.assertIsNotNone(job, text)
         self.assertRegex(text, rf"verify-backup +backup-verifier +succeeded +job {job.group(1)}")
         self.assertRegex(text, r"store-backup +cold-storage-sync +succeeded +job \S+")
+        self.assertIn('baggage on lab: {"trace_id": "tr-789"}', text)
         self.assertNotIn("problem", text)
         self.assertIn('ok       shared secret', text)
 
@@ -135,20 +136,49 @@ class DemoTests(TestCase):
         self.assertEqual([os.path.exists(d) for d in data_dirs], existed)
         self.assertGone(self._pids(text), text)
 
-    async def test_interrupt_stops_both_instances_and_cleans_up(self) -> None:
-        """
-        Ctrl-C (SIGINT) once both instances are up stops them, removes the
-        work dir and exits 130.
-        """
+    async def _interrupt(self, signame: str) -> None:
         proto = self._start_demo()
         await proto.seen("home-primary (sender) ready: pid")
-        proto.transport.signalProcess("INT")
+        proto.transport.signalProcess(signame)
         code = await proto.ended
         text = proto.text
         self.assertEqual(code, 130, text)
-        self.assertIn("interrupted (SIGINT): stopping", text)
+        self.assertIn(f"interrupted (SIG{signame}): stopping", text)
         self.assertIn("Demo FAILED.", text)
         self.assertRegex(text, r"lab stopped \(pid \d+, on SIGTERM\)")
         self.assertFalse(os.path.exists(self._work_dir(text)), text)
         self.assertGone(self._pids(text), text)
         self.assertNotIn(SECRET, text)
+
+    async def test_ctrl_c_stops_both_instances_and_cleans_up(self) -> None:
+        """
+        Ctrl-C (SIGINT) once both instances are up stops them, removes the
+        work dir and exits 130.
+        """
+        await self._interrupt("INT")
+
+    async def test_sigterm_stops_both_instances_and_cleans_up(self) -> None:
+        """SIGTERM to the demo does the same as Ctrl-C."""
+        await self._interrupt("TERM")
+
+    async def test_without_twistd_explains_and_fails(self) -> None:
+        """
+        Run with a Python that has no twistd next to it (and none on PATH),
+        the demo says which Python to use, starts nothing and exits 1.
+        """
+        if shutil.which("twistd", path="/usr/bin:/bin"):
+            self.skipTest("a system-wide twistd is installed")
+        bindir = os.path.abspath(self.mktemp())
+        os.makedirs(bindir)
+        python = os.path.join(bindir, "python3")
+        os.symlink(sys.executable, python)
+        proto = _Demo()
+        env = {"PATH": "/usr/bin:/bin", "HOME": bindir, "DUCTILE_DEMO_SECRET": SECRET}
+        reactor.spawnProcess(proto, python, [python, DEMO], env=env, path=ROOT)
+        code = await proto.ended
+        text = proto.text
+        self.assertEqual(code, 1, text)
+        self.assertIn(f"demo failed: twistd not found next to {python} or on PATH; run this script with the "
+                      "Python of the environment ductile is installed in", text)
+        self.assertNotIn("ready: pid", text)
+        self.assertFalse(os.path.exists(self._work_dir(text)), text)
