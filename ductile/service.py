@@ -10,6 +10,8 @@ close the database.
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -34,7 +36,14 @@ PRUNE_INTERVAL = 3600.0
 class DuctileService(service.Service):
     log = Logger()
 
-    def __init__(self, instance: Instance, reactor: Any, lock: StateLock | None = None) -> None:
+    def __init__(
+        self, instance: Instance, reactor: Any, lock: StateLock | None = None, exit_on_start_failure: bool = False
+    ) -> None:
+        """
+        @param exit_on_start_failure: stop the process with exit status 1 if
+            starting fails (what twistd wants; tests keep their reactor).
+        """
+        self.exit_on_start_failure = exit_on_start_failure
         self.instance = instance
         self.lock = lock if lock is not None else StateLock(instance.config.state.path)
         self.config = instance.config
@@ -69,7 +78,15 @@ class DuctileService(service.Service):
         self.log.failure("ductile failed to start", failure)
         if not self.started.called:
             self.started.errback(failure)
-        if self.reactor.running:
+        if self.exit_on_start_failure and self.reactor.running:
+            # twistd would exit 0 after a plain reactor.stop(); a supervisor
+            # (systemd Restart=on-failure) must see the failure.
+            def exit_1() -> None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+
+            self.reactor.addSystemEventTrigger("after", "shutdown", exit_1)
             self.reactor.stop()
 
     async def _start(self) -> None:

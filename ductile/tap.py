@@ -51,5 +51,5 @@ def makeService(options: Options) -> service.IService:
 
     instance = options["instance"]
     top = service.MultiService()
-    DuctileService(instance, reactor, lock=options["lock"]).setServiceParent(top)
+    DuctileService(instance, reactor, lock=options["lock"], exit_on_start_failure=True).setServiceParent(top)
     return top

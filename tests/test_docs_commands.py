@@ -35,6 +35,9 @@ class Known(NamedTuple):
     exercised_by: tuple[str, str] | None
 
 
+#: First words of commands that belong to other tools (shown as recipes).
+OTHER_TOOLS = frozenset({"mkdir", "cd", "ssh-keygen", "ssh", "cat", "chmod", "systemctl", "journalctl"})
+
 KNOWN = (
     Known(r"etc/demo/run( --keep)?", ("tests/test_demo.py", '"etc", "demo", "run"')),
     Known(r"ductile --help", None),
@@ -48,7 +51,11 @@ KNOWN = (
     Known(r"ductile relay replay [0-9a-f-]+ --config \S+", ("tests/test_cli_deliveries.py", 'run_cli("relay", "replay"')),
     Known(r"ductile job list --config \S+", ("etc/demo/run", '"job", "list"')),
     Known(r"ductile job inspect [0-9a-f-]+ --config \S+", ("etc/demo/run", '"job", "inspect"')),
-    Known(r"twistd -n --pidfile= ductile --config \S+", ("tests/test_twistd.py", '"-n", "--pidfile=", "ductile"')),
+    Known(r"twistd -n --pidfile= ductile --config \S+", ("tests/test_twistd.py", '"-n", "--pidfile=", *twistd_args, "ductile"')),
+    Known(
+        r"twistd -n --pidfile= --logger=ductile\.logging\.json_observer ductile --config \S+",
+        ("tests/test_twistd.py", '"--logger=ductile.logging.json_observer"'),
+    ),
     Known(r"printf '%s\\n' '\{[^']*\}' \| etc/plugins/[a-z-]+/run\.py", None),
 )
 
@@ -114,8 +121,16 @@ class DocsCommandTests(SynchronousTestCase):
         self.assertIn("ductile config check --config etc/lab", commands)
 
     def test_every_command_is_a_known_exercised_one(self) -> None:
-        """Each shell command in docs/*.md matches a command form a test or the demo runs."""
-        unknown = [f"{f}:{n}: {c}" for f, n, c in all_commands() if match(c) is None]
+        """
+        Each of ductile's own commands in docs/*.md (ductile, twistd, the
+        demo, a plugin run by hand) matches a form a test or the demo runs.
+        Recipes for other tools (ssh-keygen, ssh, chmod ...) are the
+        operator's own and are not ours to exercise.
+        """
+        unknown = [
+            f"{f}:{n}: {c}" for f, n, c in all_commands()
+            if match(c) is None and c.split()[0] not in OTHER_TOOLS
+        ]
         self.assertEqual(unknown, [], "commands in the docs that no test or the demo exercises")
 
     def test_unknown_command_is_reported(self) -> None:

@@ -82,6 +82,25 @@ class TwistdTests(TestCase):
         os.kill(first.transport.pid, signal.SIGTERM)
         await first.ended
 
+    async def test_start_failure_exits_1(self) -> None:
+        """
+        When the instance cannot start (its port is taken), twistd exits 1 so
+        a supervisor sees the failure.
+        """
+        from twisted.internet.protocol import Factory
+
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        cfg = write_config(os.path.join(self.home, "busy"), {"config.yaml": {
+            "service": {"name": "lab"}, "plugin_roots": ["../plugins"],
+            "api": {"enabled": True, "listen": f"127.0.0.1:{taken.getHost().port}"},
+        }})
+        proto = self._spawn(cfg, b"\x00never")
+        proto.ready.addErrback(lambda _: None)
+        code, _ = await proto.ended
+        self.assertEqual(code, 1, proto.output.decode())
+        self.assertIn(b"ductile failed to start", proto.output)
+
     async def test_json_logs(self) -> None:
         """--logger=ductile.logging.json_observer writes one JSON object per line."""
         proto = self._spawn(self._config(), b"started:", ("--logger=ductile.logging.json_observer",))
