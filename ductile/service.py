@@ -49,6 +49,7 @@ class DuctileService(service.Service):
         self.config = instance.config
         self.reactor = reactor
         self.port: Any = None
+        self.metrics_port: Any = None
         self.pool: Any = None
         self.queue: JobQueue | None = None
         self.dispatcher: Dispatcher | None = None
@@ -101,7 +102,7 @@ class DuctileService(service.Service):
         for problem in self.instance.plugin_problems:
             self.log.warn("plugin not loaded: {problem}", problem=problem)
         for warning in cfg.warnings:
-            self.log.warn("config: {warning}", warning=warning)
+            self.log.warn("config: {config_warning}", config_warning=warning)
 
         self.lock.acquire()
         prepare_database(cfg.state.path, cfg.state.synchronous)
@@ -138,6 +139,14 @@ class DuctileService(service.Service):
             desc = go_style_to_endpoint(cfg.api.listen)
             self.port = await endpoints.serverFromString(self.reactor, desc).listen(self.site)
             self.log.info("{service} listening on {listen}", service=cfg.service.name, listen=cfg.api.listen)
+
+        if cfg.metrics is not None:
+            metrics_site = DuctileSite(self.api.metrics_resource(), body_limit_for=lambda path: 0,
+                                       reactor=self.reactor, read_deadline=cfg.api.read_timeout)
+            self.metrics_port = await endpoints.serverFromString(
+                self.reactor, go_style_to_endpoint(cfg.metrics.listen)
+            ).listen(metrics_site)
+            self.log.info("metrics (no token) on {listen}", listen=cfg.metrics.listen)
 
         self.dispatcher.start()
         self._start_scheduler()
@@ -201,6 +210,8 @@ class DuctileService(service.Service):
             await self.manhole.stopService()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.metrics_port is not None:
+            await self.metrics_port.stopListening()
         if self.port is not None:
             await self.port.stopListening()
             await self.site.close_connections()

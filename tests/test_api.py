@@ -222,3 +222,25 @@ class SyncPipelineTests(ApiFixture):
     async def test_bad_wait_value(self) -> None:
         code, body = await self.call("POST", "/pipeline/chain?wait=soon", token="writer", body={})
         self.assertEqual((code, body["error"]), (400, "wait must be a duration such as 30s, got 'soon'"))
+
+
+class SeparateMetricsListenerTests(TestCase):
+    timeout = 30
+
+    async def test_metrics_listen_serves_without_token(self) -> None:
+        """metrics.listen serves /metrics without a token, and nothing else."""
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(base, "plugins"))
+        cfg = write_config(os.path.join(base, "cfg"), {"config.yaml": {
+            "service": {"name": "m"}, "plugin_roots": ["../plugins"],
+            "api": {"enabled": True, "listen": "127.0.0.1:0"},
+            "metrics": {"listen": "127.0.0.1:0"},
+        }})
+        service = await start_instance(self, cfg)
+        url = f"http://127.0.0.1:{service.metrics_port.getHost().port}"
+        r = await treq.get(url + "/metrics", persistent=False)
+        text = (await r.content()).decode()
+        self.assertEqual(r.code, 200)
+        self.assertIn("# TYPE ductile_queue_depth gauge", text)
+        r = await treq.get(url + "/jobs", persistent=False)
+        self.assertEqual((r.code, json.loads(await r.content())), (404, {"error": "not found"}))

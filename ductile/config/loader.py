@@ -22,6 +22,7 @@ from ductile.config.schema import check_keys
 from ductile.config.sections import (
     build_api,
     build_manhole,
+    build_metrics,
     build_pipelines,
     build_plugin_roots,
     build_plugins,
@@ -130,6 +131,7 @@ def load_config(
     admin = section("admin")
     manhole_at = admin.sub("manhole") if admin.has("manhole") else None
     manhole = build_manhole(manhole_at, config_dir, home)
+    metrics = build_metrics(section("metrics") if tree.get("metrics") is not None else None)
     pipelines = build_pipelines(located("pipelines"), report)
     if remote_ingress is not None and not api.enabled:
         report.warn(
@@ -153,6 +155,7 @@ def load_config(
         remote_ingress=remote_ingress,
         pipelines=pipelines,
         manhole=manhole,
+        metrics=metrics,
         warnings=tuple(report.warnings),
         source_files=tuple(s.path for s in sources),
     )

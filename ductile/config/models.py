@@ -190,6 +190,13 @@ class ManholeConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """A separate, unauthenticated listener for C{/metrics} (for a scraper)."""
+
+    listen: str
+
+
+@attrs.frozen
 class PipelineSource:
     """A raw C{pipelines[]} entry and where it was written, for compile errors."""
 
@@ -212,6 +219,7 @@ class Config:
     remote_ingress: RemoteIngress | None = None
     pipelines: tuple[PipelineSource, ...] = ()
     manhole: ManholeConfig | None = None
+    metrics: MetricsConfig | None = None
     warnings: tuple[str, ...] = ()
     #: Every file read, in merge order (the root first).
     source_files: tuple[str, ...] = ()

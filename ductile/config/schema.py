@@ -167,6 +167,7 @@ SCHEMA: Mapping[str, Node] = {
             "allow_remote": ANY,
         }
     },
+    "metrics": {"listen": ANY},
     # The pipeline compiler checks inside pipelines.
     "pipelines": ANY,
     "routes": Unimplemented("routes"),

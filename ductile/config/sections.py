@@ -15,6 +15,7 @@ from ductile.config.models import (
     ApiConfig,
     ApiToken,
     ManholeConfig,
+    MetricsConfig,
     PipelineSource,
     PluginConfig,
     RetryPolicy,
@@ -331,3 +332,14 @@ def build_pipelines(items: list[Located], report: Report) -> tuple[PipelineSourc
     return tuple(out)
 
 
+
+
+def build_metrics(at: At | None) -> MetricsConfig | None:
+    """C{metrics.listen}: where to serve /metrics without a token (off when absent)."""
+    if at is None:
+        return None
+    listen = at.text("listen", required=True)
+    if not listen:
+        return None
+    _check_listen(at, "listen", listen)
+    return MetricsConfig(listen=listen)

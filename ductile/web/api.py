@@ -438,6 +438,10 @@ class Api:
                      "deduplicated": result.deduplicated}
 
     async def metrics(self, request: server.Request, principal: Any) -> tuple[int, Any]:
+        return 200, await self.metrics_body()
+
+    async def metrics_body(self) -> RawBody:
+        """The Prometheus text, for /metrics here and on C{metrics.listen}."""
         from ductile.metrics import Metrics, render
         from ductile.queue import STATUSES
 
@@ -449,4 +453,25 @@ class Api:
             await self._queue.oldest_queued_age(),
             STATUSES,
         )
-        return 200, RawBody(text.encode("utf-8"), b"text/plain; version=0.0.4; charset=utf-8")
+        return RawBody(text.encode("utf-8"), b"text/plain; version=0.0.4; charset=utf-8")
+
+    def metrics_resource(self) -> resource.Resource:
+        """
+        The root of the separate C{metrics.listen} site: C{GET /metrics}
+        without a token (that listener is for a scraper on a trusted
+        network); anything else is 404.
+        """
+        api = self
+
+        class MetricsOnly(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request: server.Request) -> Any:
+                if request.path.rstrip(b"/") != b"/metrics":
+                    return write_json(request, 404, {"error": "not found"})
+                d = defer.ensureDeferred(api.metrics_body())
+                d.addCallback(lambda body: None if request._disconnected else respond(request, 200, body))
+                d.addErrback(ApiLeaf(api)._failed, request)
+                return server.NOT_DONE_YET
+
+        return MetricsOnly()
