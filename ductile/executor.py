@@ -12,12 +12,13 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ductile.backoff import job_retry_delay
 from ductile.config.models import Config
+from ductile.errors import StorageUnavailable
 from ductile.events import Event
 from ductile.metrics import Metrics
 from ductile.queue import (
@@ -320,4 +321,20 @@ class JobExecutor:
                                            relay_attempt=record))
 
     async def _finish(self, job: ClaimedJob, completion: Completion) -> None:
-        await self._queue.complete(job, completion)
+        """
+        Commit the outcome.  While the database refuses writes the outcome is
+        kept and the commit retried (the job stays "running" meanwhile), so a
+        finished job is never lost or run again because the disk was full.
+        """
+        delay = 1.0
+        while True:
+            try:
+                await self._queue.complete(job, completion)
+                return
+            except StorageUnavailable as e:
+                self.log.warn(
+                    "cannot record the end of job {job_id} ({plugin}): {error}; retrying in {delay:.0f}s",
+                    job_id=job.id, plugin=job.plugin, error=str(e), delay=delay,
+                )
+                await task.deferLater(self._clock, delay, lambda: None)
+                delay = min(delay * 2, 30.0)

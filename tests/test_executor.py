@@ -147,3 +147,43 @@ class ExecutorTests(TestCase):
         self.assertEqual((job["plugin"], job["status"], job["attempt"]), ("step-two", "succeeded", 2))
         self.assertEqual([r["plugin"] for r in read_records(self.records)], ["step-one", "step-two"])
         self.assertEqual(await queue2.claim(5), [])
+
+
+class CompletionRetryTests(TestCase):
+    """A finished job's outcome survives a database that refuses writes for a while."""
+
+    async def test_completion_retried_until_database_recovers(self) -> None:
+        from ductile.errors import StorageUnavailable
+        from ductile.queue import ClaimedJob, Completion
+
+        clock = task.Clock()
+        attempts: list[int] = []
+
+        class FlakyQueue:
+            async def _complete(self, job, completion):
+                attempts.append(1)
+                if len(attempts) < 3:
+                    raise StorageUnavailable("database or disk is full")
+
+            def complete(self, job, completion):
+                from twisted.internet import defer
+
+                return defer.ensureDeferred(self._complete(job, completion))
+
+        config = Config(config_file="/x/c.yaml", config_dir="/x")
+        ex = JobExecutor(clock, FlakyQueue(), config, {}, None, None)
+        job = ClaimedJob("j", "p", "poll", {}, 1, 4, "", None, {}, None, None, None, None)
+        d = defer_ensure(ex._finish(job, Completion("succeeded", result="r")))
+        self.assertEqual(len(attempts), 1)
+        self.assertNoResult(d)
+        clock.advance(1)
+        self.assertEqual(len(attempts), 2)
+        clock.advance(2)
+        self.assertEqual(len(attempts), 3)
+        self.successResultOf(d)
+
+
+def defer_ensure(coro):
+    from twisted.internet import defer
+
+    return defer.ensureDeferred(coro)
