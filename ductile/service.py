@@ -116,7 +116,6 @@ class DuctileService(service.Service):
         self.runner = ProcessRunner(self.reactor)
         if any(i.enabled for i in cfg.instances):
             self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled])
-        self.metrics = Metrics()
         executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
                                self.instance.router, self.sender, metrics=self.metrics)
         self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, self._plugin_caps)
@@ -167,10 +166,8 @@ class DuctileService(service.Service):
         self.started.callback(self)
 
     def _start_scheduler(self) -> None:
-        try:
-            from ductile.scheduler import Scheduler
-        except ImportError:  # pragma: no cover
-            return
+        from ductile.scheduler import Scheduler
+
         assert self.queue is not None
         self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
         self.scheduler.start()
