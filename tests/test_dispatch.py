@@ -114,3 +114,31 @@ class DispatcherTests(TestCase):
         await self.executor.finish(self.executor.started[0], Completion("succeeded", result="ok"))
         await stopped
         self.assertEqual(len(self.executor.started), 1)
+
+
+class PluginCapsTests(TestCase):
+    """Per-plugin parallelism caps as the service derives them (contract §2.8)."""
+
+    def test_caps(self) -> None:
+        import attrs
+
+        from ductile.config.models import Config, PluginConfig, ServiceConfig
+        from ductile.instance import Instance
+        from ductile.service import DuctileService
+
+        @attrs.frozen
+        class P:
+            concurrency_safe: bool
+
+        config = Config(
+            config_file="/x/c.yaml", config_dir="/x", service=ServiceConfig(max_workers=4),
+            plugins={"raised": PluginConfig("raised", parallelism=3), "huge": PluginConfig("huge", parallelism=99)},
+        )
+        plugins = {"safe": P(True), "serial": P(False), "raised": P(False), "huge": P(True)}
+        svc = DuctileService(Instance(config, plugins, (), None, None), reactor=None)
+        caps = svc._plugin_caps()
+        self.assertEqual(caps["safe"], 4)      # defaults to max_workers
+        self.assertEqual(caps["serial"], 1)    # concurrency_safe: false runs serially...
+        self.assertEqual(caps["raised"], 3)    # ...unless the operator raises it
+        self.assertEqual(caps["huge"], 4)      # never above max_workers
+        self.assertEqual(caps["core.relay"], 4)
