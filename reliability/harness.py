@@ -42,6 +42,7 @@ def table(rows: Sequence[Row]) -> str:
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="reliability/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1000, help="events per relay stream (default 1000)")
+    parser.add_argument("--requests", type=int, default=10000, help="requests in the abuse storm (default 10000)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario (repeatable)")
     parser.add_argument("--workdir", help="scratch directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, databases)")
@@ -50,6 +51,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.events < 1 or args.events > 100000:
         parser.error("--events must be between 1 and 100000")
+    if args.requests < 20 or args.requests > 100000:
+        parser.error("--requests must be between 20 and 100000")
     return args
 
 
@@ -57,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="ductile-reliability-")
     os.makedirs(workdir, exist_ok=True)
-    options = Options(events=args.events, workdir=workdir, settle_timeout=args.settle_timeout)
+    options = Options(events=args.events, workdir=workdir, settle_timeout=args.settle_timeout,
+                      abuse_requests=args.requests)
     registry = Registry(workdir)
 
     def on_term(signum: int, frame: object) -> None:

@@ -21,6 +21,7 @@ from reliability.faults import write_fault_plugins
 
 SECRET = "reliability-shared-secret-5e7d"
 TOKEN = "reliability-api-token-91c4"
+LOCK_SECONDS = 15.0
 TERMINAL = ("succeeded", "failed", "timed_out", "dead", "skipped")
 
 
@@ -59,6 +60,7 @@ class Options:
     workdir: str = ""
     settle_timeout: float = 300.0
     down_seconds: float = 3.0
+    abuse_requests: int = 10000
 
 
 # -- configs --------------------------------------------------------------------
@@ -164,16 +166,42 @@ class Pair:
         lab = self.lab.query("SELECT COUNT(*) FROM job_queue WHERE status IN ('queued','running')")[0][0]
         return home == 0 and lab == 0 and relays >= len(self.acked)
 
-    def settle(self, timeline: Timeline, timeout: float) -> bool:
+    def progress(self) -> tuple[Any, ...]:
+        """Something that changes while work is being done."""
+        if not (self.home.running() and self.lab.running()):
+            return ("down", time.monotonic())
+        home = self.home.query("SELECT status, COUNT(*), MAX(attempt) FROM job_queue GROUP BY status")
+        lab = self.lab.query("SELECT status, COUNT(*), MAX(attempt) FROM job_queue GROUP BY status")
+        size = os.path.getsize(self.records) if os.path.exists(self.records) else 0
+        return tuple(map(tuple, home)), tuple(map(tuple, lab)), size
+
+    def settle(self, timeline: Timeline, timeout: float, stall: float = 45.0) -> str:
+        """
+        Wait until both queues are empty: C{"settled"}; or C{"stalled"} when
+        nothing at all changed for C{stall} seconds; or C{"timeout"}.
+        """
         deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
         while time.monotonic() < deadline:
             timeline.tick()
             self.home.check_alive()
             self.lab.check_alive()
             if not timeline.pending() and self.settled():
-                return True
+                return "settled"
+            now = self.progress()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > stall and not timeline.pending():
+                return "stalled"
             time.sleep(0.25)
-        return False
+        return "timeout"
+
+    def stuck(self, row: Row) -> None:
+        for daemon in (self.home, self.lab):
+            rows = daemon.query("SELECT status, COUNT(*) FROM job_queue WHERE status IN ('queued','running') "
+                                "GROUP BY status")
+            if rows:
+                row.notes.append(f"{daemon.name} unfinished jobs: " + ", ".join(f"{r[0]}={r[1]}" for r in rows))
 
     def figures(self, row: Row) -> None:
         """Fill C{row} from both databases and the sink's records (daemons stopped)."""
@@ -247,8 +275,12 @@ def _stream_scenario(name: str, options: Options, registry: Registry,
         at = faults(pair, timeline, options.events)
         deadline = time.monotonic() + options.settle_timeout
         pair.stream(options.events, timeline, at, deadline)
-        settled = pair.settle(timeline, max(10.0, deadline - time.monotonic()))
-        row.promise(settled, f"not settled within {options.settle_timeout:g}s")
+        state = pair.settle(timeline, max(10.0, deadline - time.monotonic()))
+        if state != "settled":
+            pair.stuck(row)
+        row.promise(state == "settled", "the system never settled: " + (
+            "nothing changed for 45s with work still queued or running" if state == "stalled"
+            else f"not done within {options.settle_timeout:g}s"))
         pair.crashes(row)
         pair.stop()
         pair.figures(row)
@@ -291,6 +323,44 @@ def sender_kill(options: Options, registry: Registry) -> Row:
         row.notes.append(f"sender recovered {recovered} interrupted jobs")
 
     return _stream_scenario("sender-kill-9", options, registry, faults, extra)
+
+
+def receiver_db_locked(options: Options, registry: Registry) -> Row:
+    """
+    Another process holds the receiver's database write lock for 15 s (three
+    times its busy timeout) a third
+    of the way in (as a backup tool or a stuck CLI would): ingress must answer
+    503 (or the sender time out) rather than 202, and everything must still
+    be delivered once, with no job left stuck.
+    """
+    import sqlite3
+
+    held: list[sqlite3.Connection] = []
+
+    def faults(pair: Pair, timeline: Timeline, n: int) -> dict[int, Callable[[], None]]:
+        def lock() -> None:
+            conn = sqlite3.connect(os.path.join(pair.lab.config_dir, "data", "state.db"), timeout=10,
+                                   isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            held.append(conn)
+
+            def release() -> None:
+                conn.execute("ROLLBACK")
+                conn.close()
+
+            timeline.at(LOCK_SECONDS, "release the lock", release)
+
+        return {n // 3: lock}
+
+    def extra(pair: Pair, row: Row) -> None:
+        answers = pair.home.query("SELECT status_code, COUNT(*) FROM relay_attempts WHERE outcome != 'accepted' "
+                                  "GROUP BY status_code")
+        row.notes.append("sender's failed attempts by status: " +
+                         (", ".join(f"{r[0] or 'no answer'}: {r[1]}" for r in answers) or "none"))
+        crashed = pair.lab.log_text().count("crashed in the executor")
+        row.promise(crashed == 0, f"lab: {crashed} jobs 'crashed in the executor' while the database was locked")
+
+    return _stream_scenario("receiver-db-locked", options, registry, faults, extra)
 
 
 def graceful(options: Options, registry: Registry) -> Row:
@@ -487,6 +557,7 @@ def replay_without_ids(options: Options, registry: Registry) -> Row:
 SCENARIOS: dict[str, Callable[[Options, Registry], Row]] = {
     "receiver-kill-9": receiver_kill,
     "sender-kill-9": sender_kill,
+    "receiver-db-locked": receiver_db_locked,
     "graceful-sigterm": graceful,
     "plugin-faults": plugin_faults,
     "replay-captured-request": replay_without_ids,
@@ -499,4 +570,11 @@ def _slow_client(options: Options, registry: Registry) -> Row:
     return slow_client(options, registry)
 
 
+def _abuse(options: Options, registry: Registry) -> Row:
+    from reliability.abuse import abuse_storm
+
+    return abuse_storm(options, registry)
+
+
 SCENARIOS["slow-client"] = _slow_client
+SCENARIOS["abuse-storm"] = _abuse
