@@ -306,3 +306,25 @@ class ReplayTests(TestCase):
         self.assertEqual([a.status for a in answers], [202, 202, 202])
         self.assertEqual(len({a.json()["job_id"] for a in answers}), 1)
         self.assertEqual(len(receiver.job_rows()), 1)
+
+    async def test_client_gone_before_the_answer_then_retries(self) -> None:
+        """
+        A sender that hangs up right after sending a valid relay (the answer
+        is lost) and retries the same event: one job, the retry gets its id.
+        """
+        receiver = Receiver(self)
+        body = body_of(event_id="evt-hangup")
+        proto = await connect(receiver.port)
+        proto.transport.write(raw_request(PATH, signed(body), body))
+        proto.transport.loseConnection()
+        await proto.done
+        # The hang-up may land before or after the commit; either way a retry
+        # must find at most the one job.
+        for _ in range(100):
+            if receiver.stats.accepted or receiver.job_rows():
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        retry = await exchange(receiver.port, raw_request(PATH, signed(body, timestamp=NOW + 1), body))
+        self.assertEqual(retry.status, 202, retry.raw)
+        rows = receiver.job_rows()
+        self.assertEqual([r[0] for r in rows], [retry.json()["job_id"]])
