@@ -150,7 +150,11 @@ class SecretsTests(TestCase):
         content = await response.content()
         self.hunt.add(f"{method} {path} headers", repr(list(response.headers.getAllRawHeaders())))
         self.hunt.add(f"{method} {path} body", content)
-        return response.code, json.loads(content) if content.strip() else None
+        if not content.strip():
+            return response.code, None
+        if response.headers.getRawHeaders("content-type", [""])[0].startswith("application/json"):
+            return response.code, json.loads(content)
+        return response.code, content.decode("utf-8", "replace")  # /metrics is Prometheus text
 
     async def done(self, service: Any) -> bool:
         counts = await service.queue.counts()
