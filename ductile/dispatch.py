@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ductile.errors import StorageUnavailable
 from ductile.queue import ClaimedJob, JobQueue
 
 Execute = Callable[[ClaimedJob], "defer.Deferred[Any]"]
@@ -43,6 +44,8 @@ class Dispatcher:
         self._plugin_caps = plugin_caps
         self._running: dict[str, tuple[ClaimedJob, defer.Deferred[Any]]] = {}
         self._claiming = False
+        self._claim: defer.Deferred[Any] | None = None
+        self._releasing: defer.Deferred[Any] | None = None
         self._again = False
         self._stopping = False
         self._timer: IDelayedCall | None = None
@@ -77,9 +80,16 @@ class Dispatcher:
         self._claiming = True
         d = self._queue.claim(free, slots, default_slots=free)
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(free,))
+        self._claim = d
 
-    def _claimed(self, jobs: list[ClaimedJob], free: int) -> None:
+    def _claimed(self, jobs: list[ClaimedJob], free: int) -> Any:
         self._claiming = False
+        if self._stopping:
+            # Claimed while stop() was under way: hand them back untouched.
+            if jobs:
+                self._releasing = self._queue.release(jobs)
+                self._releasing.addErrback(lambda f: self.log.failure("releasing claimed jobs failed", f))
+            return None
         for job in jobs:
             self._start(job)
         if self._again:
@@ -91,7 +101,11 @@ class Dispatcher:
     def _claim_failed(self, failure: Any) -> None:
         self._claiming = False
         self._again = False
-        self.log.failure("claiming jobs failed; trying again in {delay}s", failure, delay=self.retry_after_error)
+        if failure.check(StorageUnavailable):
+            self.log.warn("cannot claim jobs: {error}; trying again in {delay}s", error=str(failure.value),
+                          delay=self.retry_after_error)
+        else:
+            self.log.failure("claiming jobs failed; trying again in {delay}s", failure, delay=self.retry_after_error)
         self._arm(self._clock.seconds() + self.retry_after_error)
 
     def _start(self, job: ClaimedJob) -> None:
@@ -143,5 +157,12 @@ class Dispatcher:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        return defer.ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        if self._claim is not None and not self._claim.called:
+            await self._claim  # its jobs are released, not started
+        if self._releasing is not None:
+            await self._releasing
         pending = [d for _, d in self._running.values()]
-        return defer.DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
+        await defer.DeferredList(pending, consumeErrors=True)

@@ -108,6 +108,10 @@ class JobExecutor:
         self._sender = sender
         self._rng = rng
         self._metrics = metrics if metrics is not None else Metrics()
+        #: Set by the service when its shutdown grace ran out and it stops the
+        #: running plugins: their attempts were ours to cut short, not theirs
+        #: to fail, so they go back to the queue as the same attempt.
+        self.interrupting = False
 
     def __call__(self, job: ClaimedJob) -> defer.Deferred[None]:
         if job.plugin == RELAY_PLUGIN:
@@ -184,6 +188,11 @@ class JobExecutor:
             return
         error = outcome.error or "plugin failed"
         terminal = TIMED_OUT if outcome.timed_out else FAILED
+        if self.interrupting:
+            self.log.warn("job {job_id} ({plugin}) interrupted by shutdown; it runs again after restart",
+                          job_id=job.id, plugin=job.plugin)
+            await self._finish(job, Completion(QUEUED, error="interrupted by shutdown", count_attempt=False))
+            return
         if outcome.retryable and job.attempt < job.max_attempts:
             delay = job_retry_delay(job.attempt, settings.retry.backoff_base, self._rng)
             completion = Completion(

@@ -109,6 +109,9 @@ class Completion:
     state_updates: Mapping[str, Any] | None = None
     successors: Sequence[JobSpec] = ()
     relay_attempt: RelayAttemptRecord | None = None
+    #: False when the attempt was cut short by our own shutdown: it is
+    #: requeued as the same attempt, at once.
+    count_attempt: bool = True
 
 
 class JobQueue:
@@ -178,6 +181,23 @@ class JobQueue:
         return self._writer.submit(lambda txn: self._complete(txn, job, completion, now)).addCallback(
             self._notify
         )
+
+    def release(self, jobs: Sequence[ClaimedJob]) -> defer.Deferred[None]:
+        """
+        Put claimed jobs that were never started back in the queue, as the
+        same attempt (a claim that returned while the service was stopping).
+        """
+        now = self._clock.seconds()
+
+        def release(txn: Any) -> None:
+            for job in jobs:
+                txn.execute(
+                    "UPDATE job_queue SET status='queued', started_at=NULL WHERE id=? AND status='running'",
+                    (job.id,),
+                )
+                _transition(txn, job.id, RUNNING, QUEUED, "released: service stopping", now)
+
+        return self._writer.submit(release)
 
     def recover(self) -> defer.Deferred[list[tuple[str, str, str]]]:
         """
@@ -404,13 +424,14 @@ class JobQueue:
                 (job.id, job.attempt, r.instance, r.outcome, r.status_code, r.error, r.duration, now),
             )
         log_status = c.status if c.status != QUEUED else (FAILED if c.error else c.status)
-        _job_log(txn, job.id, job.plugin, job.command, log_status, job.attempt, c.stdout, c.error,
-                 c.stderr, c.duration, now)
+        if c.count_attempt:
+            _job_log(txn, job.id, job.plugin, job.command, log_status, job.attempt, c.stdout, c.error,
+                     c.stderr, c.duration, now)
         if c.status == QUEUED:
             txn.execute(
-                "UPDATE job_queue SET status='queued', attempt=attempt+1, next_retry_at=?, last_error=?, "
+                "UPDATE job_queue SET status='queued', attempt=attempt+?, next_retry_at=?, last_error=?, "
                 "started_at=NULL WHERE id=?",
-                (c.next_retry_at, c.error, job.id),
+                (1 if c.count_attempt else 0, c.next_retry_at, c.error, job.id),
             )
             _transition(txn, job.id, RUNNING, QUEUED, c.error or "retry", now)
             return []

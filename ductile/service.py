@@ -31,6 +31,10 @@ from ductile.web.api import Api
 
 #: Seconds between retention prunes of the state database.
 PRUNE_INTERVAL = 3600.0
+#: Seconds a graceful stop lets running jobs finish before it stops their
+#: plugins (which then run again after restart, as the same attempt).  Keep
+#: it under the supervisor's stop timeout (30 s in etc/systemd).
+SHUTDOWN_GRACE = 20.0
 
 
 class DuctileService(service.Service):
@@ -53,6 +57,7 @@ class DuctileService(service.Service):
         self.pool: Any = None
         self.queue: JobQueue | None = None
         self.dispatcher: Dispatcher | None = None
+        self.executor: JobExecutor | None = None
         self.runner: Any = None
         self.sender: Any = None
         self.scheduler: Any = None
@@ -116,7 +121,7 @@ class DuctileService(service.Service):
         self.runner = ProcessRunner(self.reactor)
         if any(i.enabled for i in cfg.instances):
             self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled])
-        executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
+        self.executor = executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
                                self.instance.router, self.sender, metrics=self.metrics)
         self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, self._plugin_caps)
 
@@ -213,10 +218,18 @@ class DuctileService(service.Service):
             await self.port.stopListening()
             await self.site.close_connections()
         if self.dispatcher is not None:
-            stopping = self.dispatcher.stop()
-            if self.runner is not None:
+            draining = self.dispatcher.stop()
+            grace = task.deferLater(self.reactor, SHUTDOWN_GRACE, lambda: None)
+            await defer.DeferredList([draining, grace], fireOnOneCallback=True, consumeErrors=True)
+            if not draining.called:
+                self.log.warn(
+                    "jobs still running after {grace:.0f}s; stopping their plugins (they run again after restart)",
+                    grace=SHUTDOWN_GRACE,
+                )
+                self.executor.interrupting = True
                 await self.runner.shutdown()
-            await stopping
+            grace.cancel()
+            await draining
         if self.sender is not None:
             await self.sender.close()
         if self.pool is not None:

@@ -376,11 +376,26 @@ class AcceptTests(IngressHTTPTestCase):
         self.assertEqual(event.dedupe_key, "backup.ready:nightly-2026-05-03")
         self.assertEqual(baggage, {"trace_id": "tr-789"})
 
-    async def test_no_dedupe_key_without_origin_event(self) -> None:
+    async def test_request_key_without_origin_event(self) -> None:
+        """
+        Extension: with no explicit key and no origin event id (Go derives no
+        key), the key comes from the request's signature, so the same
+        captured request maps to the same key and a fresh signing does not.
+        """
+        import hashlib
+
         self.serve()
-        response = await self.relay(envelope(origin={}))
-        self.assertEqual(response.status, 202)
-        self.assertIsNone(self.acceptor.calls[0][1].dedupe_key)
+        body = envelope(origin={})
+        later = "2026-05-03T10:00:01.123456Z"  # within the skew window
+        first = await self.relay(body, timestamp=VECTOR_TIMESTAMP)
+        again = await self.relay(body, timestamp=VECTOR_TIMESTAMP)
+        fresh = await self.relay(body, timestamp=later)
+        self.assertEqual([r.status for r in (first, again, fresh)], [202, 202, 202])
+        keys = [call[1].dedupe_key for call in self.acceptor.calls]
+        signature = sign(SECRET, "POST", VECTOR_PATH, VECTOR_TIMESTAMP, body)
+        expected = "relay:home-primary:request:" + hashlib.sha256(signature.encode()).hexdigest()[:32]
+        self.assertEqual(keys[:2], [expected, expected])
+        self.assertNotEqual(keys[2], expected)
 
     async def test_type_trimmed(self) -> None:
         self.serve()

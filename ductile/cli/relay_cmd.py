@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, TextIO
 from twisted.internet import defer, task
 
 from ductile.config.models import Config, RelayRetry
+from ductile.events import new_id
 from ductile.relay.envelope import Envelope, Origin
 from ductile.relay.outcome import next_delay
 from ductile.relay.sender import RelaySender
@@ -122,7 +123,12 @@ def _json_object(inline: str | None, path: str | None, flag: str) -> Mapping[str
 
 
 def build_envelope(args: argparse.Namespace) -> Envelope:
-    """The envelope C{relay send} delivers; C{origin.instance} is left to the sender."""
+    """
+    The envelope C{relay send} delivers; C{origin.instance} is left to the
+    sender.  Without C{--origin-event-id} a fresh event id is minted once,
+    so the receiver derives a dedupe key from it: this command's own retries
+    — and anyone replaying a captured request — cannot create a second job.
+    """
     event = (args.event or "").strip()
     if not event:
         raise UsageError("--event must not be empty")
@@ -135,7 +141,7 @@ def build_envelope(args: argparse.Namespace) -> Envelope:
         origin=Origin(
             plugin=args.origin_plugin or "",
             job_id=args.origin_job_id or "",
-            event_id=args.origin_event_id or "",
+            event_id=args.origin_event_id or new_id(),
         ),
         baggage=_json_object(args.baggage, args.baggage_file, "baggage"),
     )

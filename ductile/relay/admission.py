@@ -8,6 +8,7 @@ status, the wire message and the metrics slug can never drift apart.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any, Iterable, Mapping
@@ -141,17 +142,28 @@ def candidate_keys(
     return tuple(peer.keys)
 
 
-def derive_dedupe_key(peer: str, envelope: Envelope) -> str | None:
+def derive_dedupe_key(peer: str, envelope: Envelope, signature: str = "") -> str | None:
     """
     Contract §1.10: the explicit key as given when non-blank; else
     C{relay:<peer>:<origin.instance>:<origin.event_id>} (both trimmed) when the
-    origin names an event; else no key.
+    origin names an event.
+
+    Extension: where Go gives no key (no explicit key, no origin event id) we
+    key on the request's signature, C{relay:<peer>:request:<sha256 of it>}, so a
+    captured request replayed inside the skew window cannot create a second
+    job.  A genuine resend is signed anew (fresh timestamp), so it is still a
+    new event — as in Go, a sender without ids gets no cross-attempt dedupe.
     """
     if envelope.dedupe_key.strip():
         return envelope.dedupe_key
     event_id = envelope.origin.event_id.strip()
     if event_id:
         return f"relay:{peer}:{envelope.origin.instance.strip()}:{event_id}"
+    sig = signature.strip().lower()
+    if sig.startswith("sha256="):
+        sig = sig[7:]
+    if sig:
+        return f"relay:{peer}:request:{hashlib.sha256(sig.encode('ascii', 'replace')).hexdigest()[:32]}"
     return None
 
 

@@ -260,7 +260,7 @@ class RemoteIngressResource(Resource):
                 payload=admission.deep_copy_json(dict(envelope.payload)),
                 source=f"relay:{peer.name}",
                 now=self._clock.seconds(),
-                dedupe_key=admission.derive_dedupe_key(peer.name, envelope),
+                dedupe_key=admission.derive_dedupe_key(peer.name, envelope, signature),
             )
             baggage = admission.admit_baggage(envelope.baggage, peer.baggage_allow)
         except Exception:  # 17

@@ -34,6 +34,9 @@ if record:
         f.write(json.dumps(line) + "\n")
         f.flush()
         os.fsync(f.fileno())
+if config.get("sleep"):
+    import time
+    time.sleep(float(config["sleep"]))
 fail_first = int(config.get("fail_first", 0))
 if runs < fail_first:
     print(json.dumps({{"status": "error", "error": "failing run %d on purpose" % (runs + 1)}}))
