@@ -138,6 +138,7 @@ class DuctileService(service.Service):
             body_limit_for=ingress_body_limit_for(ingress, cfg.api.max_body_size, self.ingress_stats),
             reactor=self.reactor,
             read_deadline=cfg.api.read_timeout,
+            max_connections=cfg.api.max_connections,
         )
         if cfg.api.enabled or ingress is not None:
             desc = go_style_to_endpoint(cfg.api.listen)

@@ -350,3 +350,23 @@ class ReadDeadlineTests(SynchronousTestCase):
         self.assertIn(b"200 OK", transport.value())
         self.assertNotIn(b"408", transport.value())
         self.assertEqual([c for c in clock.getDelayedCalls() if "_readTimedOut" in repr(c)], [])
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    def test_connections_beyond_cap_refused(self) -> None:
+        """Past max_connections a new connection is refused; a closed one frees a slot."""
+        from twisted.internet import task
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+        from twisted.internet.error import ConnectionDone
+        from twisted.web import resource
+
+        from ductile.web.limits import DuctileSite
+
+        site = DuctileSite(resource.Resource(), body_limit_for=lambda p: 10, reactor=task.Clock(), max_connections=2)
+        first, second = site.buildProtocol(None), site.buildProtocol(None)
+        for channel in (first, second):
+            channel.makeConnection(StringTransport())
+        self.assertIsNone(site.buildProtocol(None))
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(site.buildProtocol(None))

@@ -97,6 +97,8 @@ class ApiConfig:
     max_body_size: int = 1024 * 1024
     #: Seconds a client has to send one whole request (headers and body).
     read_timeout: float = 10.0
+    #: Connections served at once; more are refused (memory stays bounded).
+    max_connections: int = 1024
 
 
 @attrs.frozen

@@ -111,6 +111,7 @@ SCHEMA: Mapping[str, Node] = {
         "auth": {"tokens": ListOf({"token": ANY, "scopes": ANY})},
         "max_body_size": ANY,
         "read_timeout": ANY,
+        "max_connections": ANY,
         "max_concurrent_sync": Unimplemented("max_concurrent_sync"),
         "max_sync_timeout": Unimplemented("max_sync_timeout"),
         "allowed_origins": Unimplemented("CORS"),

@@ -137,6 +137,7 @@ def build_api(at: At, auth_items: list[Located], tokens: tuple[Token, ...], repo
         tokens=tuple(creds),
         max_body_size=at.size("max_body_size", d.max_body_size),
         read_timeout=at.duration("read_timeout", d.read_timeout),
+        max_connections=at.whole("max_connections", d.max_connections, minimum=1),
     )
 
 

@@ -261,6 +261,7 @@ class DuctileSite(server.Site):
         reactor: IReactorTime | None = None,
         timeout: float = 60.0,
         read_deadline: float | None = 10.0,
+        max_connections: int = 1024,
     ) -> None:
         super().__init__(
             root,
@@ -271,9 +272,16 @@ class DuctileSite(server.Site):
         )
         self.body_limit_for = body_limit_for
         self.read_deadline = read_deadline
+        #: Connections beyond this are closed at once: with the body cap and
+        #: the read deadline, memory held by clients stays bounded.
+        self.max_connections = max_connections
         self._channels: set[Any] = set()
 
     def buildProtocol(self, addr: Any) -> Any:
+        if len(self._channels) >= self.max_connections:
+            log.warn("refusing a connection from {remote}: {n} connections open (the limit)",
+                     remote=str(addr), n=len(self._channels))
+            return None
         channel = super().buildProtocol(addr)
         if channel is not None:
             channel.readDeadline = self.read_deadline
