@@ -198,3 +198,47 @@ class PruneTests(TestCase):
         self.assertEqual(counts["jobs"], 1)
         self.assertGreater(counts["job_log"], 0)
         self.assertIsNone(await self.queue.get_job(dead))
+
+
+class WriterTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.queue, self.pool, self.path = make_queue(self, self.clock)
+        self.writer = self.queue._writer
+
+    async def test_failing_write_rolls_back_alone(self) -> None:
+        """In one batch, the write that raises is lost alone; the others commit."""
+        def insert(name: str, fail: bool = False):
+            def write(txn):
+                txn.execute("INSERT INTO plugin_state (plugin_name, state, updated_at) VALUES (?, '{}', 0)", (name,))
+                if fail:
+                    raise ValueError("boom")
+                return name
+            return write
+
+        hold = self.writer.submit(insert("first"))  # the writer is busy with this one...
+        results = [self.writer.submit(insert("a")), self.writer.submit(insert("b", fail=True)),
+                   self.writer.submit(insert("c"))]  # ...so these three share the next batch
+        await hold
+        self.assertEqual(await results[0], "a")
+        with self.assertRaises(ValueError):
+            await results[1]
+        self.assertEqual(await results[2], "c")
+        rows = await self.pool.runQuery("SELECT plugin_name FROM plugin_state ORDER BY plugin_name")
+        self.assertEqual([r[0] for r in rows], ["a", "c", "first"])
+        self.assertEqual(self.writer.stats.transactions, 2)
+
+    async def test_callbacks_submissions_join_the_next_batch(self) -> None:
+        """
+        Writes submitted from a caller's callback while others wait are
+        committed together with them, not alone ahead of them.
+        """
+        from twisted.internet import defer
+
+        first = self.writer.submit(lambda txn: 1)
+        chained: list[defer.Deferred] = []
+        first.addCallback(lambda _: chained.append(self.writer.submit(lambda txn: 2)))
+        waiting = self.writer.submit(lambda txn: 3)
+        await first
+        await defer.gatherResults([waiting, chained[0]])
+        self.assertEqual((self.writer.stats.transactions, self.writer.stats.largest_batch), (2, 2))
