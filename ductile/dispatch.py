@@ -126,7 +126,7 @@ class Dispatcher:
         self.kick()
 
     def _arm_due_timer(self) -> None:
-        if self._stopping:
+        if self._stopping or not self._queue.retries_may_be_pending:
             return
         d = self._queue.next_due()
         d.addCallback(lambda at: self._arm(at) if at is not None else None)

@@ -3,7 +3,9 @@ The event value that flows between plugins, pipelines and instances.
 """
 from __future__ import annotations
 
+import os
 import re
+import threading
 import uuid
 from typing import Any, Mapping
 
@@ -19,9 +21,31 @@ RELAY_EVENT_TYPE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 INSTANCE_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
+_ID_BATCH = 16 * 256
+_id_lock = threading.Lock()
+_id_bytes = b""
+_id_pos = 0
+
+
 def new_id() -> str:
-    """A fresh UUIDv4 string, the id format Go ductile uses everywhere."""
-    return str(uuid.uuid4())
+    """
+    A fresh UUIDv4 string, the id format Go ductile uses everywhere.
+
+    C{uuid.uuid4()} makes one C{getrandom} syscall per id, measured at about
+    35 us per accepted relay (several ids each); drawing from a buffer of
+    C{os.urandom} bytes keeps the same randomness for a fraction of the cost.
+    Ids are made in the reactor thread and the database thread, hence the lock.
+    """
+    global _id_bytes, _id_pos
+    with _id_lock:
+        if _id_pos + 16 > len(_id_bytes):
+            _id_bytes = os.urandom(_ID_BATCH)
+            _id_pos = 0
+        raw = bytearray(_id_bytes[_id_pos:_id_pos + 16])
+        _id_pos += 16
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return str(uuid.UUID(bytes=bytes(raw)))
 
 
 @attrs.frozen

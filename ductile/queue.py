@@ -130,6 +130,11 @@ class JobQueue:
         self.dedupe_ttl = dedupe_ttl
         self._listeners: list[Callable[[], None]] = []
         self._waiters: list[defer.Deferred[None]] = []
+        #: False once we know no job waits for a future retry; set again by
+        #: any completion that schedules one.  Lets the dispatcher skip the
+        #: next_due read (which queues behind writes) after every claim.
+        self.retries_may_be_pending = True
+        self._retry_generation = 0
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """
@@ -178,9 +183,17 @@ class JobQueue:
     def complete(self, job: ClaimedJob, completion: Completion) -> defer.Deferred[list[EnqueueResult]]:
         """Record the end of C{job}'s attempt and create its successors, atomically."""
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: self._complete(txn, job, completion, now)).addCallback(
-            self._notify
-        )
+        d = self._writer.submit(lambda txn: self._complete(txn, job, completion, now))
+        if completion.next_retry_at is not None:
+            # Before and after the commit: a next_due read that ran in
+            # between must not conclude that no retry is pending.
+            self._retry_scheduled()
+            d.addCallback(lambda result: (self._retry_scheduled(), result)[1])
+        return d.addCallback(self._notify)
+
+    def _retry_scheduled(self) -> None:
+        self.retries_may_be_pending = True
+        self._retry_generation += 1
 
     def release(self, jobs: Sequence[ClaimedJob]) -> defer.Deferred[None]:
         """
@@ -263,7 +276,15 @@ class JobQueue:
             row = txn.fetchone()
             return row[0] if row else None
 
-        return self._pool.runInteraction(q)
+        generation = self._retry_generation
+
+        def remember(at: float | None) -> float | None:
+            # A retry scheduled while this read was in flight may not be in it.
+            if at is None and generation == self._retry_generation:
+                self.retries_may_be_pending = False
+            return at
+
+        return self._pool.runInteraction(q).addCallback(remember)
 
     def get_job(self, job_id: str) -> defer.Deferred[dict[str, Any] | None]:
         return self._pool.runInteraction(lambda txn: fetch_job(txn, job_id))

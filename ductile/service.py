@@ -120,7 +120,8 @@ class DuctileService(service.Service):
 
         self.runner = ProcessRunner(self.reactor)
         if any(i.enabled for i in cfg.instances):
-            self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled])
+            self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled],
+                                      max_persistent=max(4, cfg.service.max_workers))
         self.executor = executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
                                self.instance.router, self.sender, metrics=self.metrics)
         self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, self._plugin_caps)

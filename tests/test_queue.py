@@ -242,3 +242,18 @@ class WriterTests(TestCase):
         await first
         await defer.gatherResults([waiting, chained[0]])
         self.assertEqual((self.writer.stats.transactions, self.writer.stats.largest_batch), (2, 2))
+
+
+class NewIdTests(TestCase):
+    def test_uuid4_shape_and_uniqueness(self) -> None:
+        """Buffered ids are valid, distinct UUIDv4s, across buffer refills."""
+        import uuid
+
+        from ductile.events import new_id
+
+        ids = [new_id() for _ in range(2000)]
+        self.assertEqual(len(set(ids)), 2000)
+        for text in ids[:50] + ids[-50:]:
+            parsed = uuid.UUID(text)
+            self.assertEqual((parsed.version, parsed.variant), (4, uuid.RFC_4122))
+            self.assertEqual(str(parsed), text)
