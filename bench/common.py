@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,6 +54,20 @@ def figure(name: str, value: float, baseline: float, unit: str, target: str, met
         "ratio": ratio(value, baseline) if value_ratio is None else value_ratio,
         "target": target, "met": bool(met), **extra,
     }
+
+
+def compare(name: str, values: Sequence[float], baselines: Sequence[float], unit: str, target: str,
+            ok: Callable[[float, float], bool], **extra: Any) -> dict[str, Any]:
+    """
+    A row from per-round measurements (round i of C{values} ran next to
+    round i of C{baselines}): value and baseline are medians, the ratio is
+    the median of the per-round ratios (robust to the machine's drift),
+    C{ok(ratio, value)} decides whether the target is met.
+    """
+    r = median(ratio(v, b) for v, b in zip(values, baselines))
+    v = median(values)
+    return figure(name, v, median(baselines), unit, target, ok(r, v), value_ratio=r,
+                  rounds={"value": list(values), "baseline": list(baselines)}, **extra)
 
 
 # -- output -------------------------------------------------------------
@@ -100,6 +114,7 @@ def log(*parts: Any) -> None:
 # -- processes ----------------------------------------------------------
 
 _children: list[subprocess.Popen[str]] = []
+atexit.register(lambda: stop_all())
 
 
 def python() -> str:
@@ -169,15 +184,29 @@ def run_json(args: Sequence[str], timeout: float) -> Any:
     raise RuntimeError(f"{list(args)!r} exited {proc.returncode} without a result")
 
 
+_tempdirs: list[str] = []
+
+
+def tempdir(prefix: str) -> str:
+    """A scratch directory removed by L{stop_all} (at exit, also after a signal)."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    _tempdirs.append(path)
+    return path
+
+
 def stop_all() -> None:
+    import shutil
+
     for proc in list(_children):
         stop(proc, timeout=5.0)
+    while _tempdirs:
+        shutil.rmtree(_tempdirs.pop(), ignore_errors=True)
 
 
 def install_cleanup() -> None:
     """End every child at exit and on SIGINT/SIGTERM (then exit 130/143)."""
-    atexit.register(stop_all)
-
     def on_signal(signum: int, _frame: Any) -> None:
         stop_all()
         os._exit(128 + signum)

@@ -15,11 +15,12 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import HERE, emit, figure, install_cleanup, log, median, python, run_json, spawn, stop, wait_ready  # noqa: E402
+from common import (  # noqa: E402
+    HERE, compare, emit, install_cleanup, listening, log, python, run_json, spawn, stop, tempdir, wait_ready,
+)
 from instances import receiver_config  # noqa: E402
 
 
@@ -34,21 +35,31 @@ def start_server(*args: str):
     return proc, int(wait_ready(proc))
 
 
+def stop_server(proc, port: int) -> None:
+    """Stop a server child and make sure nothing listens on its port any more."""
+    stop(proc)
+    if listening(port):
+        raise SystemExit(f"something still listens on 127.0.0.1:{port} after stopping {proc.args!r}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--profile", help="only load ductile at 32 connections once, under cProfile; stats to PROFILE.*")
+    p.add_argument("--experiment", action="append", default=[], help="passed to the ductile server")
     args = p.parse_args()
     install_cleanup()
-    base = tempfile.mkdtemp(prefix="ductile-bench-ingress-")
+    base = tempdir("ductile-bench-ingress-")
     extra = ["--profile", args.profile] if args.profile else []
+    for name in args.experiment:
+        extra += ["--experiment", name]
     duct, duct_port = start_server("ductile", receiver_config(base), "--pause-dispatch", *extra)
     if args.profile:
         try:
             emit(load(duct_port, 32, args.duration))
         finally:
-            stop(duct)
+            stop_server(duct, duct_port)
             shutil.rmtree(base, ignore_errors=True)
         return
     bare, bare_port = start_server("bare")
@@ -62,8 +73,8 @@ def main() -> None:
             log(f"ingress round {r + 1}: " + ", ".join(
                 f"{k}={v[-1]['ok_rate']:.0f}/s p50={v[-1]['p50_ms']:.2f}ms" for k, v in runs.items()))
     finally:
-        stop(duct)
-        stop(bare)
+        stop_server(duct, duct_port)
+        stop_server(bare, bare_port)
         shutil.rmtree(base, ignore_errors=True)
     m = lambda key, field: median(x[field] for x in runs[key])  # noqa: E731
     for key, rs in runs.items():
@@ -71,14 +82,14 @@ def main() -> None:
             if set(x["statuses"]) != {"202"} or x["errors"]:
                 raise SystemExit(f"{key}: unexpected answers {x['statuses']} errors={x['errors']}")
     gen_cpu = max(x["generator_cpu_s"] / x["seconds"] for rs in runs.values() for x in rs)
-    tput = figure("relay ingress events/s, 32 conns, 500 B, FULL", m("duct32", "ok_rate"), m("bare32", "ok_rate"),
-                  "req/s", ">= 0.70x bare twisted.web", m("duct32", "ok_rate") / m("bare32", "ok_rate") >= 0.70,
-                  generator_max_core_share=gen_cpu, rounds={k: [x["ok_rate"] for x in v] for k, v in runs.items()})
-    p50, bp50 = m("duct1", "p50_ms"), m("bare1", "p50_ms")
-    lat = figure("ingress latency p50, 1 conn", p50, bp50, "ms", "<= 2x bare and <= 1 ms",
-                 p50 <= 2 * bp50 and p50 <= 1.0)
-    p99, bp99 = m("duct1", "p99_ms"), m("bare1", "p99_ms")
-    lat99 = figure("ingress latency p99, 1 conn", p99, bp99, "ms", "(reported)", True)
+    col = lambda key, field: [x[field] for x in runs[key]]  # noqa: E731
+    tput = compare("relay ingress events/s, 32 conns, 500 B, FULL", col("duct32", "ok_rate"),
+                   col("bare32", "ok_rate"), "req/s", ">= 0.70x bare twisted.web", lambda r, v: r >= 0.70,
+                   generator_max_core_share=gen_cpu)
+    lat = compare("ingress latency p50, 1 conn", col("duct1", "p50_ms"), col("bare1", "p50_ms"), "ms",
+                  "<= 2x bare and <= 1 ms", lambda r, v: r <= 2 and v <= 1.0)
+    lat99 = compare("ingress latency p99, 1 conn", col("duct1", "p99_ms"), col("bare1", "p99_ms"), "ms",
+                    "(reported)", lambda r, v: True)
     emit([tput, lat, lat99])
 
 

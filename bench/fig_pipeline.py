@@ -16,14 +16,14 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from twisted.internet import defer, protocol, task  # noqa: E402
 
-from common import emit, figure, log, median  # noqa: E402
+import experiments  # noqa: E402
+from common import compare, emit, log, tempdir  # noqa: E402
 from instances import EVENT, pipeline, receiver_config  # noqa: E402
 
 from ductile.events import Event  # noqa: E402
@@ -96,15 +96,26 @@ async def main(reactor, args) -> None:
     from ductile.instance import build_instance
     from ductile.service import DuctileService
 
-    base = tempfile.mkdtemp(prefix="ductile-bench-pipe-")
+    base = tempdir("ductile-bench-pipe-")
     cfg_dir = receiver_config(base, "pipes", max_workers=2, pipelines=[
         pipeline("one", ["sh-ok"], on="bench.one"),
         pipeline("three", ["sh-ok", "sh-ok", "sh-ok"], on="bench.three"),
         pipeline("py", ["py-ok"], on="bench.py"),
-    ])
+    ], synchronous=args.synchronous)
     svc = DuctileService(build_instance(load_config(cfg_dir)), reactor)
+    if args.profile:
+        from profiling import profile_service
+
+        profile_service(args.profile, svc, reactor)
     svc.startService()
     await svc.started
+    if args.profile:  # one 1-step measurement only, under cProfile
+        try:
+            emit({"jobs_per_s": await pipeline_rate(reactor, svc, "bench.one", 400)})
+        finally:
+            await svc.stopService()
+            shutil.rmtree(base, ignore_errors=True)
+        return
     sh = svc.instance.plugins["sh-ok"].entrypoint
     py = svc.instance.plugins["py-ok"].entrypoint
     rows: dict[str, list[float]] = {k: [] for k in ("raw_sh", "one", "three", "raw_py", "py")}
@@ -121,15 +132,13 @@ async def main(reactor, args) -> None:
     finally:
         await svc.stopService()
         shutil.rmtree(base, ignore_errors=True)
-    m = {k: median(v) for k, v in rows.items()}
-    one = figure("1-step /bin/sh pipeline, jobs/s (max_workers 2)", m["one"], m["raw_sh"], "jobs/s",
-                 ">= 0.60x raw spawnProcess (2 at a time)", m["one"] / m["raw_sh"] >= 0.6, rounds=rows)
-    three = figure("3-step /bin/sh pipeline, events/s (max_workers 2)", m["three"], m["raw_sh"] / 3, "events/s",
-                   ">= 0.60x raw spawn rate / 3", m["three"] / (m["raw_sh"] / 3) >= 0.6)
-    per_job, per_raw = 1000 / m["py"], 1000 / m["raw_py"]
-    py_fig = figure("Python plugin, ms per job (max_workers 2)", per_job, per_raw, "ms/job",
-                    "<= 1.2x raw spawn of same interpreter", per_job / per_raw <= 1.2,
-                    interpreter=sys.executable)
+    one = compare("1-step /bin/sh pipeline, jobs/s (max_workers 2)", rows["one"], rows["raw_sh"], "jobs/s",
+                  ">= 0.60x raw spawnProcess (2 at a time)", lambda r, v: r >= 0.6)
+    three = compare("3-step /bin/sh pipeline, events/s (max_workers 2)", rows["three"],
+                    [x / 3 for x in rows["raw_sh"]], "events/s", ">= 0.60x raw spawn rate / 3", lambda r, v: r >= 0.6)
+    py_fig = compare("Python plugin, ms per job (max_workers 2)", [1000 / x for x in rows["py"]],
+                     [1000 / x for x in rows["raw_py"]], "ms/job", "<= 1.2x raw spawn of same interpreter",
+                     lambda r, v: r <= 1.2, interpreter=sys.executable)
     emit([one, three, py_fig])
 
 
@@ -137,5 +146,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--window", type=float, default=2.0)
+    p.add_argument("--profile", help="only run the 1-step pipeline once under cProfile; stats to PROFILE.*")
+    p.add_argument("--synchronous", default="full", help="state.synchronous (full is the default and the figure)")
+    p.add_argument("--experiment", action="append", help="see bench/experiments.py")
     args = p.parse_args()
+    experiments.apply(sys.argv)
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))

@@ -13,14 +13,14 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from common import emit, figure, log, median  # noqa: E402
+import experiments  # noqa: E402
+from common import compare, emit, log, tempdir  # noqa: E402
 
 from ductile.queue import JobQueue, JobSpec  # noqa: E402
 from ductile.store.pool import open_pool, prepare_database  # noqa: E402
@@ -74,7 +74,7 @@ async def enqueue_rate(queue: JobQueue, seconds: float, outstanding: int) -> flo
 
 
 async def main(reactor, args) -> None:
-    base = tempfile.mkdtemp(prefix="ductile-bench-queue-")
+    base = tempdir("ductile-bench-queue-")
     small, small_pool = open_queue(reactor, os.path.join(base, "small.db"))
     big, big_pool = open_queue(reactor, os.path.join(base, "big.db"))
     rows: dict[str, list[float]] = {"small": [], "big": [], "seq": [], "group": []}
@@ -93,19 +93,19 @@ async def main(reactor, args) -> None:
         small_pool.close()
         big_pool.close()
         shutil.rmtree(base, ignore_errors=True)
-    m = {k: median(v) for k, v in rows.items()}
     emit([
-        figure(f"enqueue+claim with {args.big:,} queued", m["big"], m["small"], "us/pair",
-               "<= 1.2x same with 1,000 queued", m["big"] / m["small"] <= 1.2, rounds=rows),
-        figure("enqueue/s, 32 outstanding (group commit)", m["group"], m["seq"], "jobs/s",
-               "(issue 3) > 1x one txn per enqueue", m["group"] > m["seq"]),
+        compare(f"enqueue+claim with {args.big:,} queued", rows["big"], rows["small"], "us/pair",
+                "<= 1.2x same with 1,000 queued", lambda r, v: r <= 1.2),
+        compare("enqueue/s, 32 outstanding (group commit)", rows["group"], rows["seq"], "jobs/s",
+                "(issue 3) > 1x one txn per enqueue", lambda r, v: r > 1.0),
     ])
-
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--big", type=int, default=100_000)
+    p.add_argument("--experiment", action="append", help="see bench/experiments.py")
     args = p.parse_args()
+    experiments.apply(sys.argv)
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))

@@ -15,15 +15,14 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from common import emit, figure, install_cleanup, log, median, stop  # noqa: E402
-from fig_ingress import load, start_server  # noqa: E402
+from common import compare, emit, install_cleanup, log, tempdir  # noqa: E402
+from fig_ingress import stop_server, load, start_server  # noqa: E402
 from fig_pipeline import pipeline_rate  # noqa: E402
 from instances import receiver_config, sender_config  # noqa: E402
 
@@ -35,7 +34,7 @@ async def main(reactor, args) -> None:
     from ductile.instance import build_instance
     from ductile.service import DuctileService
 
-    base = tempfile.mkdtemp(prefix="ductile-bench-relay-")
+    base = tempdir("ductile-bench-relay-")
     b, b_port = start_server("ductile", receiver_config(base), "--pause-dispatch")
     a = DuctileService(build_instance(load_config(sender_config(base, b_port, MAX_WORKERS))), reactor)
     caps: list[float] = []
@@ -51,11 +50,10 @@ async def main(reactor, args) -> None:
     finally:
         if a.running:
             await a.stopService()
-        stop(b)
+        stop_server(b, b_port)
         shutil.rmtree(base, ignore_errors=True)
-    emit([figure("relay A->B events/s delivered", median(rates), median(caps), "events/s",
-                 ">= 0.50x B's ingress capacity", median(rates) / median(caps) >= 0.5,
-                 a_max_workers=MAX_WORKERS, rounds={"capacity": caps, "a_to_b": rates})])
+    emit([compare("relay A->B events/s delivered", rates, caps, "events/s", ">= 0.50x B's ingress capacity",
+                  lambda r, v: r >= 0.5, a_max_workers=MAX_WORKERS)])
 
 
 if __name__ == "__main__":

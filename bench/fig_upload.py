@@ -9,13 +9,12 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import HERE, emit, figure, install_cleanup, log, median, python, rss_kb, run_json, stop  # noqa: E402
-from fig_ingress import start_server  # noqa: E402
+from common import HERE, emit, figure, install_cleanup, log, median, python, rss_kb, run_json, tempdir  # noqa: E402
+from fig_ingress import stop_server, start_server  # noqa: E402
 from instances import receiver_config  # noqa: E402
 
 SIZE = 10 * 1024 * 1024
@@ -35,7 +34,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     install_cleanup()
-    base = tempfile.mkdtemp(prefix="ductile-bench-upload-")
+    base = tempdir("ductile-bench-upload-")
     server, port = start_server("ductile", receiver_config(base), "--pause-dispatch")
     growth: list[float] = []
     befores: list[float] = []
@@ -60,7 +59,7 @@ def main() -> None:
             log(f"upload round {r + 1}: statuses={result['statuses']} RSS {before / 1024:.1f} MB "
                 f"-> peak {peak[0] / 1024:.1f} MB in {result['seconds']:.2f}s")
     finally:
-        stop(server)
+        stop_server(server, port)
         shutil.rmtree(base, ignore_errors=True)
     all_413 = all(s == {"413": UPLOADS} for s in statuses)
     emit([figure("64 concurrent 10 MB uploads: peak RSS growth", median(growth), median(befores), "MB",

@@ -65,13 +65,13 @@ def write_plugins(base: str, python: str = sys.executable) -> dict[str, str]:
     }
 
 
-def _base(base: str, name: str, max_workers: int) -> dict[str, Any]:
+def _base(base: str, name: str, max_workers: int, synchronous: str = "full") -> dict[str, Any]:
     return {
         "service": {"name": name, "tick_interval": "1h", "max_workers": max_workers},
         "plugin_roots": [os.path.join(base, "plugins")],
         "api": {"enabled": True, "listen": "127.0.0.1:0",
                 "auth": {"tokens": [{"token": "bench-token", "scopes": ["*"]}]}},
-        "state": {"path": "./data/state.db", "synchronous": "full"},
+        "state": {"path": "./data/state.db", "synchronous": synchronous},
         "tokens": [{"name": "bench", "key": SECRET}],
     }
 
@@ -82,10 +82,10 @@ def pipeline(name: str, plugins: list[str], on: str = EVENT) -> dict[str, Any]:
 
 
 def receiver_config(base: str, name: str = "receiver", max_workers: int = 2,
-                    pipelines: list[dict[str, Any]] | None = None) -> str:
+                    pipelines: list[dict[str, Any]] | None = None, synchronous: str = "full") -> str:
     """An instance whose relay ingress routes C{bench.event} to C{pipelines}."""
     write_plugins(base)
-    cfg = _base(base, name, max_workers)
+    cfg = _base(base, name, max_workers, synchronous)
     cfg["remote_ingress"] = {
         "listen_path": "/ingest/peer", "require_key_id": True,
         "peers": [{"name": PEER, "enabled": True, "secret_ref": "bench", "key_id": "v1", "accept": [EVENT]}],

@@ -169,8 +169,8 @@ class Uploader(protocol.Protocol):
     def connectionLost(self, reason: object) -> None:
         self.results.append(self.status or 0)
         self.done[0] -= 1
-        if self.done[0] == 0 and reactor.running:
-            reactor.stop()
+        if self.done[0] == 0:
+            _stop()
 
 
 def run_load(args: argparse.Namespace) -> dict:
@@ -191,12 +191,14 @@ def run_load(args: argparse.Namespace) -> dict:
         stats.counting = False
         marks["t1"], marks["cpu1"] = time.perf_counter(), _cpu()
         running[0] = False
-        reactor.callLater(0.5, reactor.stop)
+        reactor.callLater(0.5, _stop)
 
     reactor.callLater(args.warmup, begin)
     reactor.callLater(args.warmup + args.duration, end)
-    reactor.callLater(args.warmup + args.duration + 10, reactor.stop)  # hard bound
+    reactor.callLater(args.warmup + args.duration + 10, _stop)  # hard bound
     reactor.run()
+    if "t1" not in marks:
+        raise SystemExit("load generator interrupted")
     elapsed = marks["t1"] - marks["t0"]
     total = sum(stats.statuses.values())
     lat = [x * 1000 for x in stats.latencies]
@@ -216,12 +218,17 @@ def run_upload(args: argparse.Namespace) -> dict:
     for _ in range(args.connections):
         reactor.connectTCP("127.0.0.1", args.port, factory)
     t0 = time.perf_counter()
-    reactor.callLater(args.duration, reactor.stop)  # hard bound
+    reactor.callLater(args.duration, _stop)  # hard bound
     reactor.run()
     statuses: dict[str, int] = {}
     for s in results:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     return {"uploads": args.connections, "statuses": statuses, "seconds": time.perf_counter() - t0}
+
+
+def _stop() -> None:
+    if reactor.running:
+        reactor.stop()
 
 
 def _cpu() -> float:
