@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from twisted.internet import defer, task  # noqa: E402
 
+import experiments  # noqa: E402
 from common import compare, emit, install_cleanup, log, tempdir  # noqa: E402
 from fig_ingress import stop_server, load, start_server  # noqa: E402
 from fig_pipeline import pipeline_rate  # noqa: E402
@@ -37,6 +38,11 @@ async def main(reactor, args) -> None:
     base = tempdir("ductile-bench-relay-")
     b, b_port = start_server("ductile", receiver_config(base), "--pause-dispatch")
     a = DuctileService(build_instance(load_config(sender_config(base, b_port, MAX_WORKERS))), reactor)
+    if args.profile:  # one A->B measurement of A under cProfile (B unprofiled)
+        from profiling import profile_service
+
+        profile_service(args.profile, a, reactor)
+        args.rounds = 1
     caps: list[float] = []
     rates: list[float] = []
     try:
@@ -44,7 +50,7 @@ async def main(reactor, args) -> None:
         await a.started
         for r in range(args.rounds):
             # The generator is a blocking child; A's reactor is idle meanwhile.
-            caps.append(load(b_port, 32, args.duration)["ok_rate"])
+            caps.append(load(b_port, 32, args.duration)["ok_rate"] if not args.profile else 2000.0)
             rates.append(await pipeline_rate(reactor, a, "bench.out", int(caps[-1] * args.window)))
             log(f"relay round {r + 1}: B capacity={caps[-1]:.0f}/s, A->B={rates[-1]:.0f}/s")
     finally:
@@ -61,6 +67,9 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--window", type=float, default=2.0)
+    p.add_argument("--profile", help="profile A (sender) during one A->B run; stats to PROFILE.*")
+    p.add_argument("--experiment", action="append", default=[], help="applied to A (see bench/experiments.py)")
     args = p.parse_args()
+    experiments.apply(sys.argv)
     install_cleanup()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))
