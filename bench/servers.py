@@ -17,6 +17,7 @@ to FILE at shutdown.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +36,23 @@ class Bare(resource.Resource):
         return b'{"status":"accepted","job_id":"00000000-0000-0000-0000-000000000000"}\n'
 
 
+def stop_once_on_signals() -> None:
+    """
+    SIGINT (a terminal's Ctrl-C reaches the whole group) and SIGTERM (from
+    the bench) both stop the reactor, once.  Installed after Twisted's own
+    handlers (which stay for SIGCHLD).
+    """
+    stopping: list[bool] = []
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def ready(port: int) -> None:
     sys.stdout.write(f"READY {port}\n")
     sys.stdout.flush()
@@ -42,6 +60,7 @@ def ready(port: int) -> None:
 
 def bare() -> None:
     port = reactor.listenTCP(0, server.Site(Bare()), interface="127.0.0.1")
+    reactor.callWhenRunning(stop_once_on_signals)
     reactor.callWhenRunning(ready, port.getHost().port)
     reactor.run()
 
@@ -59,6 +78,7 @@ def ductile(config_dir: str, pause: bool, profile: str | None) -> None:
         ready(svc.port.getHost().port)
 
     svc.started.addCallback(started)
+    reactor.callWhenRunning(stop_once_on_signals)
     reactor.callWhenRunning(svc.startService)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: svc.stopService() if svc.running else None)
     if profile:
