@@ -50,7 +50,9 @@ class Dispatcher:
         self._stopping = False
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
+        self._finishing: set[str] = set()
         queue.on_new_work(self.kick)
+        queue.on_completing(self._completing)
 
     @property
     def running(self) -> list[ClaimedJob]:
@@ -67,11 +69,12 @@ class Dispatcher:
         if self._claiming:
             self._again = True
             return
-        free = self.max_workers - len(self._running)
+        busy = [job for job, _ in self._running.values() if job.id not in self._finishing]
+        free = self.max_workers - len(busy)
         if free <= 0:
             return
         running_by_plugin: dict[str, int] = {}
-        for job, _ in self._running.values():
+        for job in busy:
             running_by_plugin[job.plugin] = running_by_plugin.get(job.plugin, 0) + 1
         caps = self._plugin_caps()
         slots = {name: cap - running_by_plugin.get(name, 0) for name, cap in caps.items()}
@@ -120,8 +123,15 @@ class Dispatcher:
         )
         d.addBoth(self._finished, job, done)
 
+    def _completing(self, job: ClaimedJob) -> None:
+        """A running job's outcome is being committed: its slot is free now."""
+        if job.id in self._running and job.id not in self._finishing:
+            self._finishing.add(job.id)
+            self.kick()
+
     def _finished(self, _: Any, job: ClaimedJob, done: defer.Deferred[None]) -> None:
         self._running.pop(job.id, None)
+        self._finishing.discard(job.id)
         done.callback(None)
         self.kick()
 

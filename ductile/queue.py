@@ -129,6 +129,7 @@ class JobQueue:
         self._clock = clock
         self.dedupe_ttl = dedupe_ttl
         self._listeners: list[Callable[[], None]] = []
+        self._completing: list[Callable[[ClaimedJob], None]] = []
         self._waiters: list[defer.Deferred[None]] = []
         #: False once we know no job waits for a future retry; set again by
         #: any completion that schedules one.  Lets the dispatcher skip the
@@ -143,6 +144,14 @@ class JobQueue:
         the dispatcher starts work when it becomes possible, not on a tick.
         """
         self._listeners.append(listener)
+
+    def on_completing(self, listener: Callable[[ClaimedJob], None]) -> None:
+        """
+        Call C{listener(job)} as soon as C{job}'s completion is submitted,
+        before it commits: the dispatcher hands the slot to the next job then,
+        so its claim joins the completion's transaction (one commit per job).
+        """
+        self._completing.append(listener)
 
     def changed(self) -> defer.Deferred[None]:
         """Fire once, after the next commit that may have moved any job."""
@@ -184,6 +193,8 @@ class JobQueue:
         """Record the end of C{job}'s attempt and create its successors, atomically."""
         now = self._clock.seconds()
         d = self._writer.submit(lambda txn: self._complete(txn, job, completion, now))
+        for listener in self._completing:
+            listener(job)
         if completion.next_retry_at is not None:
             # Before and after the commit: a next_due read that ran in
             # between must not conclude that no retry is pending.

@@ -112,7 +112,7 @@ class DuctileService(service.Service):
         self.lock.acquire()
         prepare_database(cfg.state.path, cfg.state.synchronous)
         self.pool = open_pool(cfg.state.path, cfg.state.synchronous)
-        writer = GroupCommitWriter(self.pool)
+        writer = GroupCommitWriter(self.pool, self.reactor)
         self.queue = JobQueue(self.pool, writer, self.reactor, dedupe_ttl=cfg.service.dedupe_ttl)
         for job_id, plugin, status in await self.queue.recover():
             self.log.warn("crash recovery: job {job_id} ({plugin}) -> {status}", job_id=job_id, plugin=plugin,

@@ -142,3 +142,27 @@ class PluginCapsTests(TestCase):
         self.assertEqual(caps["raised"], 3)    # ...unless the operator raises it
         self.assertEqual(caps["huge"], 4)      # never above max_workers
         self.assertEqual(caps["core.relay"], 4)
+
+
+class OneCommitPerJobTests(TestCase):
+    timeout = 10
+
+    async def test_next_claim_joins_the_completion(self) -> None:
+        """
+        With one worker, a job's completion and the claim of the next job are
+        committed in one transaction, not two.
+        """
+        clock = task.Clock()
+        queue, _, _ = make_queue(self, clock)
+        executor = _Executor(queue)
+        dispatcher = Dispatcher(clock, queue, executor, 1, lambda: {})
+        dispatcher.start()
+        self.addCleanup(dispatcher.stop)  # runs last: cleanups are LIFO
+        self.addCleanup(lambda: [d.callback(None) for d in list(executor.pending.values())] and None)
+        await queue.enqueue([JobSpec("p", "poll"), JobSpec("p", "poll")])
+        await executor.until_started(1)
+        stats = queue.writer_stats
+        before = stats.transactions
+        await executor.finish(executor.started[0], Completion("succeeded", result="ok"))
+        await executor.until_started(2)
+        self.assertEqual(stats.transactions - before, 1)

@@ -1,9 +1,10 @@
 """
 Adaptive group commit over the single writer connection.
 
-A write arriving while the writer is idle is committed at once; writes that
-arrive while a commit is in progress wait and are committed together in the
-next transaction.  There is no fixed waiting window, so a lone request pays
+A write arriving while the writer is idle is committed as soon as the
+current reactor iteration ends (with whatever else that iteration wrote);
+writes that arrive while a commit is in progress wait and are committed
+together in the next transaction.  There is no fixed waiting window, so a lone request pays
 one commit and a burst shares one fsync (measured: the difference between
 ~0.3x and ~0.7x of bare twisted.web throughput on the project's machine).
 
@@ -19,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import attrs
 from twisted.enterprise import adbapi
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -60,10 +62,16 @@ class BatchStats:
 class GroupCommitWriter:
     log = Logger()
 
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool, reactor: IReactorTime | None = None) -> None:
+        """
+        @param reactor: where to schedule the flush at the end of the current
+            reactor iteration; the pool's own reactor by default.
+        """
         self._pool = pool
+        self._reactor: IReactorTime = reactor if reactor is not None else pool._reactor
         self._pending: list[_Pending] = []
         self._busy = False
+        self._scheduled: Any = None
         self.stats = BatchStats()
 
     def submit(self, write: Write[T]) -> defer.Deferred[T]:
@@ -73,11 +81,19 @@ class GroupCommitWriter:
         """
         d: defer.Deferred[T] = defer.Deferred()
         self._pending.append(_Pending(write, d))
-        if not self._busy:
-            self._flush()
+        if not self._busy and self._scheduled is None:
+            # Flush once the current reactor iteration is done, so writes
+            # made in the same iteration (a job's completion and the
+            # dispatcher's next claim; requests read in one poll) share a
+            # commit.  No timer window: it runs as soon as the reactor is free.
+            self._scheduled = self._reactor.callLater(0, self._flush)
         return d
 
     def _flush(self) -> None:
+        if self._scheduled is not None:
+            if self._scheduled.active():
+                self._scheduled.cancel()
+            self._scheduled = None
         batch, self._pending = self._pending, []
         self._busy = True
         self.stats.transactions += 1
@@ -104,11 +120,11 @@ class GroupCommitWriter:
                 else:
                     p.deferred.errback(value)
         self._busy = False
-        if self._pending:
+        if self._pending and self._scheduled is None:
             self._flush()
 
     def idle(self) -> bool:
-        return not self._busy and not self._pending
+        return not self._busy and not self._pending and self._scheduled is None
 
 
 def _run_batch(txn: Any, writes: list[Write[Any]]) -> list[tuple[bool, Any]]:
