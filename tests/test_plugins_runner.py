@@ -612,3 +612,47 @@ class RealProcessTests(TestCase):
             [defer.Deferred.fromCoroutine(self.run_plugin(n)) for n in ["echo-py", "echo-sh"] * 3]
         )
         self.assertTrue(all(o.ok for o in outcomes), outcomes)
+
+
+class SessionLeaderTests(TestCase):
+    """Plugins lead their own session and process group, with or without the setsid program."""
+
+    timeout = 20
+
+    def _plugin(self) -> Any:
+        import sys
+
+        from ductile.plugins.manifest import parse_manifest
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        entry = os.path.join(base, "run.py")
+        with open(entry, "w") as f:
+            f.write(f"#!{sys.executable} -I\n"
+                    "import json, os, sys\nsys.stdin.read()\n"
+                    "print(json.dumps({'status': 'ok', 'result': [os.getpid(), os.getpgid(0), os.getsid(0)]}))\n")
+        os.chmod(entry, 0o755)
+        with open(os.path.join(base, "manifest.yaml"), "w") as f:
+            f.write("manifest_spec: ductile.plugin\nmanifest_version: 1\nname: whoami\nversion: '1'\n"
+                    "protocol: 2\nentrypoint: run.py\ncommands: [{name: poll}]\n")
+        return parse_manifest(open(os.path.join(base, "manifest.yaml")).read(), os.path.join(base, "manifest.yaml"))
+
+    async def _ids(self, runner: Any) -> list[int]:
+        outcome = await runner.run(self._plugin(), {"job_id": "j", "command": "poll"}, 10)
+        self.assertIsNone(outcome.error)
+        return outcome.response.result
+
+    async def test_direct_spawn_leads_a_session(self) -> None:
+        from twisted.internet import reactor
+
+        runner = ProcessRunner(reactor, direct_session=True)
+        pid, pgid, sid = await self._ids(runner)
+        self.assertEqual((pgid, sid), (pid, pid))
+        self.assertNotEqual(pgid, os.getpgid(0))
+
+    async def test_setsid_program_fallback_leads_a_session(self) -> None:
+        from twisted.internet import reactor
+
+        runner = ProcessRunner(reactor, direct_session=False)
+        pid, pgid, sid = await self._ids(runner)
+        self.assertEqual((pgid, sid), (pid, pid))

@@ -3,10 +3,11 @@ Running one plugin process per job (contract §2.3, §2.6, §2.7).
 
 Each job spawns the plugin's entrypoint with no arguments, writes the JSON
 request and a newline to its stdin, closes stdin, and reads stdout to EOF.
-The process is started through C{/usr/bin/setsid} so it leads a new process
-group (pid == pgid): a timeout then signals the whole group, and a
-grandchild that kept stdout open dies with its parent instead of holding the
-job open (see twisted-craft §6).
+The process leads a new session and process group (pid == pgid): a timeout
+then signals the whole group, and a grandchild that kept stdout open dies
+with its parent instead of holding the job open (see twisted-craft §6).  On
+a real reactor that is done by C{posix_spawnp(setsid=True)}
+(L{ductile.plugins.spawn}); otherwise through C{/usr/bin/setsid}.
 
 C{spawnProcess} is never given C{path}, C{uid} or C{gid}, which keeps
 Twisted on its C{posix_spawn} fast path. The child gets an explicit minimal
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ductile.plugins.manifest import Plugin
+from ductile.plugins.spawn import available, spawn_session_leader
 from ductile.plugins.protocol import (
     PluginResponse,
     ProtocolError,
@@ -129,6 +131,7 @@ class ProcessRunner:
         base_env: Mapping[str, str] | None = None,
         clock: Any = None,
         setsid: str | None = SETSID,
+        direct_session: bool | None = None,
     ) -> None:
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
@@ -136,8 +139,12 @@ class ProcessRunner:
         self.stderr_tail = stderr_tail
         self.grace = grace
         self._base_env = dict(minimal_env() if base_env is None else base_env)
-        if setsid and os.path.isfile(setsid) and os.access(setsid, os.X_OK):
-            self._setsid: str | None = setsid
+        #: Spawn straight into a new session (no setsid exec) when possible.
+        self._direct_session = direct_session if direct_session is not None else available(reactor)
+        if self._direct_session:
+            self._setsid: str | None = None
+        elif setsid and os.path.isfile(setsid) and os.access(setsid, os.X_OK):
+            self._setsid = setsid
         else:
             self._setsid = None
             log.warn(
@@ -181,7 +188,10 @@ class ProcessRunner:
 
         env = dict(self._base_env)
         env["DUCTILE_PLUGIN_DIR"] = plugin.directory
-        if self._setsid is not None:
+        direct = self._direct_session
+        if direct:
+            executable, args = entrypoint, [entrypoint]
+        elif self._setsid is not None:
             executable, args = self._setsid, [self._setsid, entrypoint]
         else:
             executable, args = entrypoint, [entrypoint]
@@ -192,7 +202,10 @@ class ProcessRunner:
         try:
             # No path=, uid=, gid=: any of them forces fork+exec instead of
             # posix_spawn, which is several times slower.
-            self._reactor.spawnProcess(proc, executable, args, env=env)
+            if direct:
+                spawn_session_leader(self._reactor, proc, executable, args, env)
+            else:
+                self._reactor.spawnProcess(proc, executable, args, env=env)
         except Exception as e:
             self._running.discard(proc)
             proc.cancel_timers()
@@ -244,7 +257,7 @@ class _PluginProcess(ProcessProtocol):
         self.job_id = job_id
         self.command = command
         self.clock = runner._clock
-        self.group = runner._setsid is not None
+        self.group = runner._direct_session or runner._setsid is not None
         self.deferred: defer.Deferred[RunOutcome] = defer.Deferred()
         self.started = self.clock.seconds()
         self.pid: int | None = None
