@@ -135,7 +135,7 @@ class JobExecutor:
         settings = self._config.plugin_config(job.plugin)
         timeout = settings.timeout_for(job.command)
         now = self._clock.seconds()
-        state = await self._queue.plugin_state(job.plugin)
+        state = dict(job.state)
         context = dict(job.context)
         context["ductile_plugin"] = job.plugin
         event = None

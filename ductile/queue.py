@@ -79,6 +79,9 @@ class ClaimedJob:
     pipeline: str | None
     step_id: str | None
     parent_job_id: str | None
+    #: The plugin's state as of the claim (read in the claim's transaction,
+    #: so running a job costs no extra database round trip).
+    state: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -399,8 +402,9 @@ class JobQueue:
             return []
         txn.execute(
             "SELECT q.id, q.plugin, q.command, q.payload, q.attempt, q.max_attempts, q.submitted_by, "
-            "q.dedupe_key, c.accumulated_json, q.event_context_id, q.pipeline, q.step_id, q.parent_job_id "
-            "FROM job_queue q LEFT JOIN event_context c ON c.id = q.event_context_id "
+            "q.dedupe_key, c.accumulated_json, q.event_context_id, q.pipeline, q.step_id, q.parent_job_id, "
+            "ps.state FROM job_queue q LEFT JOIN event_context c ON c.id = q.event_context_id "
+            "LEFT JOIN plugin_state ps ON ps.plugin_name = q.plugin "
             "WHERE q.status='queued' AND (q.next_retry_at IS NULL OR q.next_retry_at<=?) "
             "AND (q.dedupe_key IS NULL OR NOT EXISTS (SELECT 1 FROM job_queue r WHERE r.status='running' "
             "AND r.dedupe_key=q.dedupe_key AND r.plugin=q.plugin AND r.command=q.command)) "
@@ -428,6 +432,7 @@ class JobQueue:
                     attempt=row[4], max_attempts=row[5], submitted_by=row[6], dedupe_key=row[7],
                     context=json.loads(row[8]) if row[8] else {}, context_id=row[9],
                     pipeline=row[10], step_id=row[11], parent_job_id=row[12],
+                    state=json.loads(row[13]) if row[13] else {},
                 )
             )
         for job in claimed:

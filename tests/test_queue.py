@@ -134,6 +134,10 @@ class QueueTests(TestCase):
             [job] = await self.queue.claim(1)
             await self.queue.complete(job, Completion("succeeded", result="ok", state_updates=updates))
         self.assertEqual(await self.queue.plugin_state("p"), {"a": 1, "b": {"y": 2}})
+        # The next claim carries the state, read in the claim's own transaction.
+        await self.queue.enqueue([JobSpec("p", "poll")])
+        [job] = await self.queue.claim(1)
+        self.assertEqual(job.state, {"a": 1, "b": {"y": 2}})
 
     async def test_group_commit(self) -> None:
         """
