@@ -346,20 +346,20 @@ class JobQueue:
 
     def _find_duplicate(self, txn: Any, spec: JobSpec, now: float) -> str | None:
         txn.execute(
-            "SELECT id FROM job_queue WHERE dedupe_key=? AND plugin=? AND command=? AND "
-            "(status IN ('queued','running') OR (status='succeeded' AND completed_at>=?)) "
-            "ORDER BY created_at LIMIT 1",
+            "SELECT id FROM job_queue q WHERE " + _DUPLICATE_WHERE + " ORDER BY created_at LIMIT 1",
             (spec.dedupe_key, spec.plugin, spec.command, now - self.dedupe_ttl),
         )
         row = txn.fetchone()
         return row[0] if row else None
 
     def _insert(self, txn: Any, spec: JobSpec, now: float, parent: str | None = None) -> EnqueueResult:
+        """
+        Insert one job (and its context).  Every C{execute} here hands the
+        GIL back and forth with the reactor thread, so the common path is
+        kept to as few statements as it can be: the dedupe check rides on the
+        INSERT itself, and the "enqueued" transition is written by a trigger.
+        """
         parent_job_id = parent or spec.parent_job_id
-        if spec.dedupe_key and spec.error is None:
-            existing = self._find_duplicate(txn, spec, now)
-            if existing is not None:
-                return EnqueueResult(existing, deduplicated=True)
         if parent_job_id and spec.source_event_id:
             txn.execute(
                 "SELECT id FROM job_queue WHERE parent_job_id=? AND source_event_id=? AND plugin=? "
@@ -369,27 +369,30 @@ class JobQueue:
             row = txn.fetchone()
             if row:
                 return EnqueueResult(row[0], existing=True)
-        context_id = None
-        if spec.context is not None:
-            context_id = new_id()
+        context_id = new_id() if spec.context is not None else None
+        job_id = new_id()
+        status = FAILED if spec.error is not None else QUEUED
+        values = (
+            job_id, spec.plugin, spec.command, _dumps(spec.payload), status, max(1, spec.max_attempts),
+            spec.submitted_by, spec.dedupe_key or None, now, now if spec.error is not None else None,
+            spec.error, parent_job_id, spec.source_event_id, context_id, spec.pipeline, spec.step_id,
+        )
+        if spec.dedupe_key and spec.error is None:
+            # Inserted only if no queued/running job, nor one that succeeded
+            # within the dedupe window, has the same (key, plugin, command).
+            txn.execute(_INSERT_JOB + " WHERE NOT EXISTS (" + _DUPLICATE + ")",
+                        values + (spec.dedupe_key, spec.plugin, spec.command, now - self.dedupe_ttl))
+            if txn.rowcount == 0:
+                existing = self._find_duplicate(txn, spec, now)
+                return EnqueueResult(existing, deduplicated=True)
+        else:
+            txn.execute(_INSERT_JOB, values)
+        if context_id is not None:
             txn.execute(
                 "INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at) "
                 "VALUES (?,?,?,?,?,?)",
                 (context_id, spec.context_parent_id, spec.pipeline, spec.step_id, _dumps(spec.context), now),
             )
-        job_id = new_id()
-        status = FAILED if spec.error is not None else QUEUED
-        txn.execute(
-            "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "
-            "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
-            "pipeline, step_id) VALUES (?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                job_id, spec.plugin, spec.command, _dumps(spec.payload), status, max(1, spec.max_attempts),
-                spec.submitted_by, spec.dedupe_key or None, now, now if spec.error is not None else None,
-                spec.error, parent_job_id, spec.source_event_id, context_id, spec.pipeline, spec.step_id,
-            ),
-        )
-        _transition(txn, job_id, None, QUEUED, "enqueued", now)
         if spec.error is not None:
             _transition(txn, job_id, QUEUED, FAILED, spec.error, now)
             _job_log(txn, job_id, spec.plugin, spec.command, FAILED, 1, None, spec.error, None, 0.0, now)
@@ -530,6 +533,20 @@ class JobQueue:
         result = self._insert(txn, spec, now)
         assert result.job_id is not None
         return result.job_id
+
+
+_INSERT_JOB = (
+    "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "
+    "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
+    "pipeline, step_id) SELECT ?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?"
+)
+#: Contract §4.4: blocked by a queued or running job, or one that succeeded
+#: within the dedupe window, for the same (key, plugin, command).
+_DUPLICATE_WHERE = (
+    "q.dedupe_key=? AND q.plugin=? AND q.command=? AND "
+    "(q.status IN ('queued','running') OR (q.status='succeeded' AND q.completed_at>=?))"
+)
+_DUPLICATE = "SELECT 1 FROM job_queue q WHERE " + _DUPLICATE_WHERE
 
 
 def _transition(txn: Any, job_id: str, frm: str | None, to: str, reason: str, now: float) -> None:
