@@ -57,8 +57,7 @@ async def wait_until(
     Re-evaluate C{check()} after every commit that changes work on
     C{service}'s queue (no polling); return its first truthy value.
     """
-    from twisted.internet import reactor
-
+    reactor = service.reactor
     assert service.queue is not None
     changed: list[defer.Deferred[None]] = []
 

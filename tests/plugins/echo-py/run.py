@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 
 def reply(obj, code=0):
@@ -53,7 +52,7 @@ elif mode == "stderr":
 elif mode == "bigout":
     sys.stdout.write("x" * int(payload["size"]))
     sys.stdout.flush()
-    time.sleep(1000)
+    signal.pause()  # hang until killed
 elif mode == "hang":
     if payload.get("ignore_term"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -64,6 +63,6 @@ elif mode == "hang":
     with open(tmp, "w") as f:
         f.write("%d %d\n" % (os.getpid(), child.pid))
     os.rename(tmp, payload["pidfile"])
-    time.sleep(1000)
+    signal.pause()  # hang until killed
 else:
     reply({"status": "error", "error": "unknown mode " + mode, "retry": False})
