@@ -124,7 +124,10 @@ class DuctileService(service.Service):
                                       max_persistent=max(4, cfg.service.max_workers))
         self.executor = executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
                                self.instance.router, self.sender, metrics=self.metrics)
-        self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, self._plugin_caps)
+        # The config and the loaded plugins are fixed for the service's life,
+        # so the caps are worked out once, not on every claim.
+        caps = self._plugin_caps()
+        self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, lambda: caps)
 
         ingress = cfg.remote_ingress
         self.ingress_stats = IngressStats()

@@ -7,8 +7,6 @@ options are parsed, so a bad config stops twistd with the loader's message
 """
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application import service
 from twisted.python import usage
 

@@ -462,6 +462,7 @@ class Api:
         network); anything else is 404.
         """
         api = self
+        leaf = ApiLeaf(api)  # for its failure handling
 
         class MetricsOnly(resource.Resource):
             isLeaf = True
@@ -471,7 +472,7 @@ class Api:
                     return write_json(request, 404, {"error": "not found"})
                 d = defer.ensureDeferred(api.metrics_body())
                 d.addCallback(lambda body: None if request._disconnected else respond(request, 200, body))
-                d.addErrback(ApiLeaf(api)._failed, request)
+                d.addErrback(leaf._failed, request)
                 return server.NOT_DONE_YET
 
         return MetricsOnly()
