@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import uuid
 from typing import Any, Mapping
 
 import attrs
@@ -45,7 +44,9 @@ def new_id() -> str:
         _id_pos += 16
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return str(uuid.UUID(bytes=bytes(raw)))
+    h = raw.hex()
+    # str(uuid.UUID(bytes=...)) without building the object.
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @attrs.frozen

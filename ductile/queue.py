@@ -139,6 +139,7 @@ class JobQueue:
         #: next_due read (which queues behind writes) after every claim.
         self.retries_may_be_pending = True
         self._retry_generation = 0
+        self._enqueues = _Enqueues(self)
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """
@@ -176,9 +177,7 @@ class JobQueue:
     def enqueue(self, specs: Sequence[JobSpec]) -> defer.Deferred[list[EnqueueResult]]:
         """Create all C{specs} in one transaction (with dedupe)."""
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: [self._insert(txn, s, now) for s in specs]).addCallback(
-            self._notify
-        )
+        return self._writer.submit_to(self._enqueues, (tuple(specs), now)).addCallback(self._notify)
 
     def claim(
         self, limit: int, plugin_slots: Mapping[str, int] | None = None, default_slots: int | None = None
@@ -398,6 +397,90 @@ class JobQueue:
             _job_log(txn, job_id, spec.plugin, spec.command, FAILED, 1, None, spec.error, None, 0.0, now)
         return EnqueueResult(job_id)
 
+    def _insert_batch(
+        self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]
+    ) -> list[list[EnqueueResult]]:
+        """
+        Insert the jobs of many C{enqueue} calls with as few statements as
+        the batch allows (one dedupe read, one multi-row INSERT per table),
+        in order, with exactly L{_insert}'s dedupe semantics.  Successors and
+        pre-failed jobs are rare and take L{_insert}'s own path.
+        """
+        out: list[list[EnqueueResult]] = [[] for _ in items]
+        plain: list[_Entry] = []
+        for results, (specs, now) in zip(out, items):
+            for spec in specs:
+                if spec.error is None and not (spec.parent_job_id and spec.source_event_id):
+                    plain.append(_Entry(results, len(results), spec, now))
+                    results.append(_PLACEHOLDER)
+                else:
+                    self._insert_plain(txn, plain)
+                    plain = []
+                    results.append(self._insert(txn, spec, now))
+        self._insert_plain(txn, plain)
+        return out
+
+    def _insert_plain(self, txn: Any, entries: list[_Entry]) -> None:
+        if not entries:
+            return
+        blocking = self._blocking_jobs(txn, entries)
+        jobs: list[tuple[Any, ...]] = []
+        contexts: list[tuple[Any, ...]] = []
+        for entry in entries:
+            spec, now = entry.spec, entry.now
+            job_id = new_id()
+            if spec.dedupe_key:
+                earlier = blocking.setdefault((spec.dedupe_key, spec.plugin, spec.command), [])
+                duplicate = next(
+                    (other for other, status, done in earlier
+                     if status in (QUEUED, RUNNING) or (status == SUCCEEDED and done >= now - self.dedupe_ttl)),
+                    None,
+                )
+                if duplicate is not None:
+                    entry.results[entry.index] = EnqueueResult(duplicate, deduplicated=True)
+                    continue
+                earlier.append((job_id, QUEUED, None))
+            context_id = new_id() if spec.context is not None else None
+            jobs.append((
+                job_id, spec.plugin, spec.command, _dumps(spec.payload), QUEUED, max(1, spec.max_attempts),
+                spec.submitted_by, spec.dedupe_key or None, now, None, None, spec.parent_job_id,
+                spec.source_event_id, context_id, spec.pipeline, spec.step_id,
+            ))
+            if context_id is not None:
+                contexts.append(
+                    (context_id, spec.context_parent_id, spec.pipeline, spec.step_id, _dumps(spec.context), now)
+                )
+            entry.results[entry.index] = EnqueueResult(job_id)
+        _insert_rows(txn, _INSERT_JOBS, "(?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?)", jobs)
+        _insert_rows(txn, _INSERT_CONTEXTS, "(?,?,?,?,?,?)", contexts)
+
+    def _blocking_jobs(
+        self, txn: Any, entries: list[_Entry]
+    ) -> dict[tuple[str, str, str], list[tuple[str, str, float | None]]]:
+        """
+        Every job that may block one of C{entries} by dedupe (contract
+        §4.4), oldest first, per (key, plugin, command); one read per batch.
+        """
+        keys = sorted({e.spec.dedupe_key for e in entries if e.spec.dedupe_key})
+        found: dict[tuple[str, str, str], list[tuple[str, str, float | None]]] = {}
+        if not keys:
+            return found
+        cutoff = min(e.now for e in entries) - self.dedupe_ttl
+        for start in range(0, len(keys), _MAX_VARIABLES - 1):
+            chunk = keys[start:start + _MAX_VARIABLES - 1]
+            txn.execute(
+                "SELECT dedupe_key, plugin, command, id, status, completed_at FROM job_queue "
+                f"WHERE dedupe_key IN ({','.join('?' * len(chunk))}) AND "
+                # The unary + keeps the planner on the dedupe index: left to
+                # itself it walks every queued job through the status index.
+                "(+status IN ('queued','running') OR (+status='succeeded' AND +completed_at>=?)) "
+                "ORDER BY created_at, rowid",
+                (*chunk, cutoff),
+            )
+            for key, plugin, command, job_id, status, done in txn.fetchall():
+                found.setdefault((key, plugin, command), []).append((job_id, status, done))
+        return found
+
     def _claim(
         self, txn: Any, limit: int, slots: dict[str, int], default_slots: int | None, now: float
     ) -> list[ClaimedJob]:
@@ -547,6 +630,49 @@ _DUPLICATE_WHERE = (
     "(q.status IN ('queued','running') OR (q.status='succeeded' AND q.completed_at>=?))"
 )
 _DUPLICATE = "SELECT 1 FROM job_queue q WHERE " + _DUPLICATE_WHERE
+_INSERT_JOBS = (
+    "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "
+    "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
+    "pipeline, step_id) VALUES "
+)
+_INSERT_CONTEXTS = (
+    "INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at) VALUES "
+)
+#: SQLite's smallest default limit on bound parameters per statement (999
+#: before 3.32), so a multi-row statement fits any SQLite Python links.
+_MAX_VARIABLES = 999
+#: Stands for a result L{JobQueue._insert_plain} has yet to fill in.
+_PLACEHOLDER = EnqueueResult(None)
+
+
+def _insert_rows(txn: Any, insert: str, row_marks: str, rows: list[tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs: one statement (one GIL round trip) per chunk."""
+    if not rows:
+        return
+    per_chunk = max(1, _MAX_VARIABLES // len(rows[0]))
+    for start in range(0, len(rows), per_chunk):
+        chunk = rows[start:start + per_chunk]
+        txn.execute(insert + ",".join([row_marks] * len(chunk)), [v for row in chunk for v in row])
+
+
+@attrs.frozen
+class _Entry:
+    """A job of L{JobQueue._insert_batch} whose result goes to C{results[index]}."""
+
+    results: list[EnqueueResult]
+    index: int
+    spec: JobSpec
+    now: float
+
+
+@attrs.frozen(eq=False)
+class _Enqueues:
+    """The write group of L{JobQueue.enqueue}: items are C{(specs, now)}."""
+
+    queue: JobQueue
+
+    def run(self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]) -> list[list[EnqueueResult]]:
+        return self.queue._insert_batch(txn, items)
 
 
 def _transition(txn: Any, job_id: str, frm: str | None, to: str, reason: str, now: float) -> None:

@@ -7,6 +7,7 @@ on the sending side, and the receiver must accept any offset and any fraction.
 """
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -27,11 +28,17 @@ def format_rfc3339nano(epoch_seconds: float) -> str:
     micros_total = int(round(epoch_seconds * 1_000_000))
     whole, micros = divmod(micros_total, 1_000_000)
     nanos = micros * 1000
-    dt = datetime.fromtimestamp(whole, tz=timezone.utc)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    text = _whole_seconds(whole)
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     return text + "Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _whole_seconds(whole: int) -> str:
+    # Events stamped within the same second share this part (the ingress
+    # stamps every accepted relay): strftime once per second, not per event.
+    return datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_rfc3339(text: str) -> float:

@@ -8,7 +8,7 @@ and an inherited value may be repeated but never changed.
 """
 from __future__ import annotations
 
-import copy
+from ductile.jsoncopy import copy_json
 from typing import Any, Mapping
 
 import attrs
@@ -44,7 +44,7 @@ class BaggageSpec:
 
 def baggage_of(context: Mapping[str, Any]) -> dict[str, Any]:
     """The non-internal (baggage) keys of a context, deep-copied."""
-    return {k: copy.deepcopy(v) for k, v in context.items() if k not in INTERNAL_KEYS}
+    return {k: copy_json(v) for k, v in context.items() if k not in INTERNAL_KEYS}
 
 
 def _accrete(target: dict[str, Any], dest: str, value: Any, label: str) -> None:
@@ -72,12 +72,12 @@ def _accrete(target: dict[str, Any], dest: str, value: Any, label: str) -> None:
                 f"{label}: baggage {dest!r} is already {existing!r} and cannot change to {value!r}"
             )
         return
-    node[last] = copy.deepcopy(value)
+    node[last] = copy_json(value)
 
 
 def merge_baggage(context: Mapping[str, Any], baggage: Mapping[str, Any], label: str = "baggage") -> dict[str, Any]:
     """Deep-accrete C{baggage} onto a copy of C{context}."""
-    out = copy.deepcopy(dict(context))
+    out = copy_json(dict(context))
     for key, value in baggage.items():
         _accrete(out, key, value, label)
     return out
@@ -113,6 +113,6 @@ def project(spec: BaggageSpec, scope: Scope, label: str = "baggage") -> dict[str
 def apply_claims(context: Mapping[str, Any], spec: BaggageSpec | None, scope: Scope) -> dict[str, Any]:
     """Evaluate C{spec} and accrete it onto C{context} (a new mapping)."""
     if spec is None:
-        return copy.deepcopy(dict(context))
+        return copy_json(dict(context))
     claimed = project(spec, scope)
     return merge_baggage(context, claimed)

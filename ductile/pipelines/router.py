@@ -19,7 +19,7 @@ Choices where Go is silent or odd (documented for the lead):
 """
 from __future__ import annotations
 
-import copy
+from ductile.jsoncopy import copy_json
 from typing import Any, Mapping, Sequence
 
 import attrs
@@ -202,7 +202,7 @@ class Router:
     def _start(self, pipeline: Pipeline, event: Event, baggage: Mapping[str, Any], source_depth: int) -> list[Dispatch]:
         instance = new_id()
         max_depth = source_depth + pipeline.max_depth if pipeline.max_depth else 0
-        base = dict(copy.deepcopy(dict(baggage)))
+        base = dict(copy_json(dict(baggage)))
         for key in ctxmod.INTERNAL_KEYS:
             base.pop(key, None)
         base.update({
@@ -243,7 +243,7 @@ class Router:
             ctxmod.ROUTE_MAX_DEPTH: hop.max_depth,
         }
         inherited = {k: v for k, v in hop.base.items() if k not in ctxmod.INTERNAL_KEYS}
-        context: dict[str, Any] = {**copy.deepcopy(inherited), **internal}
+        context: dict[str, Any] = {**copy_json(inherited), **internal}
         fields = dict(pipeline=hop.pipeline.name, step_id=node.id, command=HANDLE, dedupe_key=event.dedupe_key)
         if node.kind == "relay":
             return self._relay_dispatch(node, event, context, inherited, fields)
@@ -253,7 +253,7 @@ class Router:
         try:
             claimed = apply_claims(inherited, node.baggage, Scope(payload=event.payload, context=inherited))
             context = {**claimed, **internal}
-            merged = {**{k: copy.deepcopy(v) for k, v in context.items()}, **event.payload}
+            merged = {**{k: copy_json(v) for k, v in context.items()}, **event.payload}
             payload = merged
             if node.with_:
                 scope = Scope(payload=merged, context=claimed, config=self._configs.get(node.plugin, {}))
@@ -275,7 +275,7 @@ class Router:
         relay = None
         error = None
         try:
-            payload = remap(spec.with_, scope, paths=True) if spec.with_ is not None else copy.deepcopy(dict(event.payload))
+            payload = remap(spec.with_, scope, paths=True) if spec.with_ is not None else copy_json(dict(event.payload))
             if spec.dedupe_key is not None:
                 key = evaluate(spec.dedupe_key, scope)
                 dedupe = None if key is None else (key if isinstance(key, str) else str(key))

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from ductile.config.models import Config
 from ductile.events import Event
 from ductile.executor import dispatch_to_spec
-from ductile.queue import JobQueue
+from ductile.queue import EnqueueResult, JobQueue
 from ductile.relay.ingress import Acceptance
 
 
@@ -24,16 +24,18 @@ class RelayAcceptor:
         self._queue = queue
 
     def accept(self, peer: str, event: Event, baggage: Mapping[str, Any]) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(self._accept(peer, event, baggage))
-
-    async def _accept(self, peer: str, event: Event, baggage: Mapping[str, Any]) -> Any:
+        # Plain Deferred callbacks, not a coroutine: this runs for every
+        # accepted relay, and the coroutine machinery cost more than the rest.
         dispatches = self._router.route_root(event, dict(baggage))
         if not dispatches:
-            return Acceptance(job_id=None, deduplicated=False)
+            return defer.succeed(Acceptance(job_id=None, deduplicated=False))
         specs = [
             dispatch_to_spec(d, self._config, submitted_by=f"relay:{peer}", source_event_id=event.event_id)
             for d in dispatches
         ]
-        results = await self._queue.enqueue(specs)
-        first = results[0]
-        return Acceptance(job_id=first.job_id, deduplicated=first.deduplicated)
+        return self._queue.enqueue(specs).addCallback(_first_acceptance)
+
+
+def _first_acceptance(results: list[EnqueueResult]) -> Acceptance:
+    first = results[0]
+    return Acceptance(job_id=first.job_id, deduplicated=first.deduplicated)
