@@ -166,9 +166,11 @@ class BatchedEnqueueTests(TestCase):
             def fetchall(self):
                 return self.cursor.fetchall()
 
-        entry = queue_module._Entry([], 0, JobSpec("p", "handle", dedupe_key="k"), 1.0)
-        self.queue._blocking_jobs(Txn(), [entry])
-        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + recorded[0], ("k", 0.0)))
+        # A batch's worth of keys: with a few the planner picks the index anyway.
+        keys = [f"k{i}" for i in range(32)]
+        entries = [queue_module._Entry([], 0, JobSpec("p", "handle", dedupe_key=k), 1.0) for k in keys]
+        self.queue._blocking_jobs(Txn(), entries)
+        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + recorded[0], (*sorted(keys), 0.0)))
         self.assertIn("job_queue_dedupe", plan)
         self.assertNotIn("job_queue_completed", plan)
         self.assertNotIn("job_queue_claim", plan)
