@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--profile", help="only load ductile at 32 connections once, under cProfile; stats to PROFILE.*")
+    p.add_argument("--once", action="store_true",
+                   help="only load ductile at 32 connections once (no baseline), e.g. with a probe experiment")
     p.add_argument("--experiment", action="append", default=[], help="passed to the ductile server")
     args = p.parse_args()
     install_cleanup()
@@ -55,7 +57,7 @@ def main() -> None:
     for name in args.experiment:
         extra += ["--experiment", name]
     duct, duct_port = start_server("ductile", receiver_config(base), "--pause-dispatch", *extra)
-    if args.profile:
+    if args.profile or args.once:
         try:
             emit(load(duct_port, 32, args.duration))
         finally:
