@@ -202,9 +202,7 @@ class Router:
     def _start(self, pipeline: Pipeline, event: Event, baggage: Mapping[str, Any], source_depth: int) -> list[Dispatch]:
         instance = new_id()
         max_depth = source_depth + pipeline.max_depth if pipeline.max_depth else 0
-        base = dict(copy_json(dict(baggage)))
-        for key in ctxmod.INTERNAL_KEYS:
-            base.pop(key, None)
+        base = {k: copy_json(v) for k, v in baggage.items() if k not in ctxmod.INTERNAL_KEYS}
         base.update({
             ctxmod.PIPELINE: pipeline.name,
             ctxmod.INSTANCE_ID: instance,
@@ -243,13 +241,14 @@ class Router:
             ctxmod.ROUTE_MAX_DEPTH: hop.max_depth,
         }
         inherited = {k: v for k, v in hop.base.items() if k not in ctxmod.INTERNAL_KEYS}
-        context: dict[str, Any] = {**copy_json(inherited), **internal}
         fields = dict(pipeline=hop.pipeline.name, step_id=node.id, command=HANDLE, dedupe_key=event.dedupe_key)
         if node.kind == "relay":
+            context: dict[str, Any] = {**copy_json(inherited), **internal}
             return self._relay_dispatch(node, event, context, inherited, fields)
         assert node.plugin is not None
         error = None
         payload: dict[str, Any] = dict(event.payload)
+        context = {**copy_json(inherited), **internal}
         try:
             claimed = apply_claims(inherited, node.baggage, Scope(payload=event.payload, context=inherited))
             context = {**claimed, **internal}
@@ -261,7 +260,7 @@ class Router:
         except ExpressionError as e:
             error = f'pipeline "{hop.pipeline.name}" step "{node.id}": {e}'
         return Dispatch(
-            plugin=node.plugin, event=attrs.evolve(event, payload=payload), context=context,
+            plugin=node.plugin, event=_with_payload(event, payload), context=context,
             error=error, **fields,
         )
 
@@ -287,6 +286,12 @@ class Router:
         except ExpressionError as e:
             error = f'pipeline "{fields["pipeline"]}" step "{node.id}": relay: {e}'
         return Dispatch(plugin=RELAY_PLUGIN, event=event, context=context, relay=relay, error=error, **fields)
+
+
+def _with_payload(event: Event, payload: dict[str, Any]) -> Event:
+    # attrs.evolve, without its per-call introspection: one per routed step.
+    return Event(type=event.type, payload=payload, source=event.source, timestamp=event.timestamp,
+                 event_id=event.event_id, dedupe_key=event.dedupe_key)
 
 
 def _dedupe(dispatches: list[Dispatch]) -> list[Dispatch]:

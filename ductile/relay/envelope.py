@@ -51,10 +51,14 @@ class Envelope:
         )
 
 
+_ABSENT = object()
+
+
 def _field(obj: Mapping[str, Any], name: str) -> Any:
     """Go's case-insensitive field lookup (an exact match wins)."""
-    if name in obj:
-        return obj[name]
+    value = obj.get(name, _ABSENT)
+    if value is not _ABSENT:
+        return value
     lowered = name.lower()
     for key, value in obj.items():
         if isinstance(key, str) and key.lower() == lowered:

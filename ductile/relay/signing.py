@@ -54,9 +54,5 @@ def verify(
         return False
     if len(given) != hashlib.sha256().digest_size:
         return False
-    expected = hmac.new(
-        secret.encode("utf-8"),
-        signing_message(method, path, timestamp, body),
-        hashlib.sha256,
-    ).digest()
+    expected = hmac.digest(secret.encode("utf-8"), signing_message(method, path, timestamp, body), "sha256")
     return hmac.compare_digest(expected, given)
