@@ -80,7 +80,15 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", help="cProfile the ductile rounds; stats to PROFILE")
+    p.add_argument("--log", choices=("none", "text", "json"), default="none",
+                   help="also write every log event to /dev/null as twistd would (text) or with --logger json")
     args = p.parse_args()
+    if args.log != "none":
+        from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
+
+        sink = open(os.devnull, "w")
+        observer = textFileLogObserver(sink) if args.log == "text" else jsonFileLogObserver(sink, recordSeparator="")
+        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     base = tempfile.mkdtemp(prefix="ductile-ingress-cpu-")
     try:
         clock = MemoryReactorClock()
