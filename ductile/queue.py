@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ductile.events import new_id
+from ductile.store.schema import ENQUEUE_VIEW, ENQUEUE_VIEW_COLUMNS
 from ductile.store.writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -454,6 +455,75 @@ class JobQueue:
         _insert_rows(txn, _INSERT_JOBS, "(?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?)", jobs)
         _insert_rows(txn, _INSERT_CONTEXTS, "(?,?,?,?,?,?)", contexts)
 
+    def _insert_alone(
+        self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]
+    ) -> list[list[EnqueueResult]] | None:
+        """
+        A batch made only of enqueues, as ONE statement through the
+        connection's enqueue view (L{ductile.store.schema.ENQUEUE_VIEW}),
+        outside any transaction: SQLite commits it on its own.  Dedupe is the
+        view's (the same rule as L{_insert_plain}); the common case — nothing
+        was a duplicate — is told by the change count alone, and only
+        otherwise are the dropped jobs' duplicates looked up.  C{None} (and
+        nothing written) when the batch is not plain or too big for one
+        statement.
+        """
+        entries = [_Entry(results, i, spec, now)
+                   for results, (specs, now) in zip([[_PLACEHOLDER] * len(s) for s, _ in items], items)
+                   for i, spec in enumerate(specs)]
+        if not entries or len(entries) * len(ENQUEUE_VIEW_COLUMNS) > _MAX_VARIABLES:
+            return None
+        if any(e.spec.error is not None or (e.spec.parent_job_id and e.spec.source_event_id) for e in entries):
+            return None
+        rows: list[Any] = []
+        inserted: list[_Entry] = []
+        first_of: dict[tuple[str, str, str], _Entry] = {}
+        later: list[tuple[_Entry, _Entry]] = []
+        contexts = 0
+        for entry in entries:
+            spec, now = entry.spec, entry.now
+            if spec.dedupe_key:
+                triple = (spec.dedupe_key, spec.plugin, spec.command)
+                first = first_of.get(triple)
+                if first is not None:
+                    later.append((entry, first))
+                    continue
+                first_of[triple] = entry
+            job_id = new_id()
+            context_id = None
+            if spec.context is not None:
+                context_id = new_id()
+                contexts += 1
+            rows += (
+                job_id, spec.plugin, spec.command, _dumps(spec.payload), max(1, spec.max_attempts),
+                spec.submitted_by, spec.dedupe_key or None, now, spec.parent_job_id, spec.source_event_id,
+                context_id, spec.pipeline, spec.step_id, spec.context_parent_id,
+                None if spec.context is None else _dumps(spec.context), now - self.dedupe_ttl,
+            )
+            entry.results[entry.index] = EnqueueResult(job_id)
+            inserted.append(entry)
+        connection = txn.connection
+        before = connection.total_changes
+        txn.execute(_INSERT_VIEW + ",".join([_VIEW_ROW] * len(inserted)), rows)
+        # Each inserted job is its row plus its "enqueued" transition (a
+        # trigger), plus its context when it has one.
+        if connection.total_changes - before != 2 * len(inserted) + contexts:
+            self._resolve_dropped(txn, inserted)
+        for entry, first in later:
+            result = first.results[first.index]
+            entry.results[entry.index] = EnqueueResult(result.job_id, deduplicated=True)
+        return [entry_results for entry_results in _results_of(entries)]
+
+    def _resolve_dropped(self, txn: Any, inserted: list[_Entry]) -> None:
+        """The jobs the view dropped as duplicates point at the job that blocked them."""
+        ids = [e.results[e.index].job_id for e in inserted]
+        txn.execute(f"SELECT id FROM job_queue WHERE id IN ({','.join('?' * len(ids))})", ids)
+        present = {row[0] for row in txn.fetchall()}
+        for entry in inserted:
+            if entry.results[entry.index].job_id not in present:
+                existing = self._find_duplicate(txn, entry.spec, entry.now)
+                entry.results[entry.index] = EnqueueResult(existing, deduplicated=True)
+
     def _blocking_jobs(
         self, txn: Any, entries: list[_Entry]
     ) -> dict[tuple[str, str, str], list[tuple[str, str, float | None]]]:
@@ -641,6 +711,8 @@ _INSERT_CONTEXTS = (
 #: SQLite's smallest default limit on bound parameters per statement (999
 #: before 3.32), so a multi-row statement fits any SQLite Python links.
 _MAX_VARIABLES = 999
+_INSERT_VIEW = f"INSERT INTO {ENQUEUE_VIEW} ({', '.join(ENQUEUE_VIEW_COLUMNS)}) VALUES "
+_VIEW_ROW = "(" + ",".join("?" * len(ENQUEUE_VIEW_COLUMNS)) + ")"
 #: Stands for a result L{JobQueue._insert_plain} has yet to fill in.
 _PLACEHOLDER = EnqueueResult(None)
 
@@ -673,6 +745,20 @@ class _Enqueues:
 
     def run(self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]) -> list[list[EnqueueResult]]:
         return self.queue._insert_batch(txn, items)
+
+    def run_alone(
+        self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]
+    ) -> list[list[EnqueueResult]] | None:
+        return self.queue._insert_alone(txn, items)
+
+
+def _results_of(entries: list[_Entry]) -> list[list[EnqueueResult]]:
+    """Each enqueue call's result list, in call order (entries are grouped by call)."""
+    out: list[list[EnqueueResult]] = []
+    for entry in entries:
+        if not out or out[-1] is not entry.results:
+            out.append(entry.results)
+    return out
 
 
 def _transition(txn: Any, job_id: str, frm: str | None, to: str, reason: str, now: float) -> None:

@@ -23,6 +23,23 @@ def _rows(path: str, sql: str, args: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def _recording(factory, statements: list[str]):
+    """A transaction factory whose cursors record every statement they run."""
+
+    class Recording:
+        def __init__(self, transaction):
+            self._transaction = transaction
+
+        def __getattr__(self, name):
+            return getattr(self._transaction, name)
+
+        def execute(self, sql, *args):
+            statements.append(sql)
+            return self._transaction.execute(sql, *args)
+
+    return lambda pool, connection: Recording(factory(pool, connection))
+
+
 class BatchedEnqueueTests(TestCase):
     def setUp(self) -> None:
         self.clock = task.Clock()
@@ -31,28 +48,45 @@ class BatchedEnqueueTests(TestCase):
         self.writer = self.queue._writer
 
 
-    async def test_one_iteration_is_one_group_of_statements(self) -> None:
-        """
-        Forty enqueues submitted in one reactor iteration commit in one
-        transaction, run as one group call rather than statements per job; each
-        caller gets its own job, in submission order, with its context.
-        """
+    def _record_units(self) -> list[tuple[str, int]]:
+        """Which way each batch unit ran: alone (one statement) or in a transaction."""
         from ductile.store import writer as writer_module
 
-        runs: list[int] = []
-        real_run = writer_module._Unit.run
+        runs: list[tuple[str, int]] = []
+        real_run, real_alone = writer_module._Unit.run, writer_module._Unit.run_alone
 
-        def counting(unit, txn):
-            runs.append(len(unit.pending))
+        def run(unit, txn):
+            runs.append(("transaction", len(unit.pending)))
             return real_run(unit, txn)
 
-        self.patch(writer_module._Unit, "run", counting)
+        def run_alone(unit, txn):
+            result = real_alone(unit, txn)
+            if result is not None:
+                runs.append(("alone", len(unit.pending)))
+            return result
+
+        self.patch(writer_module._Unit, "run", run)
+        self.patch(writer_module._Unit, "run_alone", run_alone)
+        return runs
+
+    async def test_one_iteration_is_one_statement(self) -> None:
+        """
+        Forty enqueues submitted in one reactor iteration are written as one
+        statement (its own transaction, no BEGIN); each caller gets its own
+        job, in submission order, with its context and its "enqueued"
+        transition.
+        """
+        runs = self._record_units()
+        statements: list[str] = []
+        self.pool.transactionFactory = _recording(self.pool.transactionFactory, statements)
         ds = [
             self.queue.enqueue([JobSpec("p", "handle", {"i": i}, dedupe_key=f"k{i}", context={"n": i})])
             for i in range(40)
         ]
         results = await defer.gatherResults(ds)
-        self.assertEqual(runs, [40])
+        self.assertEqual(runs, [("alone", 40)])
+        self.assertEqual(len(statements), 1)
+        self.assertTrue(statements[0].startswith("INSERT INTO ductile_enqueue"), statements[0][:40])
         self.assertEqual(self.writer.stats.transactions, 1)
         ids = [r[0].job_id for r in results]
         self.assertEqual(len(set(ids)), 40)
@@ -62,11 +96,23 @@ class BatchedEnqueueTests(TestCase):
         self.assertEqual([r[1] for r in rows], [f'{{"i":{i}}}' for i in range(40)])
         self.assertEqual([r[2] for r in rows], [f'{{"n":{i}}}' for i in range(40)])
         self.assertEqual({(r[3], r[4]) for r in rows}, {(1, "queued")})
-        # The trigger still writes each job's "enqueued" transition.
         self.assertEqual(
             _rows(self.path, "SELECT COUNT(*) FROM job_transitions WHERE to_status='queued' AND reason='enqueued'"),
             [(40,)],
         )
+
+    async def test_too_many_for_one_statement(self) -> None:
+        """
+        A burst too big for one statement's parameters is written as one
+        group inside a transaction, with the same dedupe.
+        """
+        runs = self._record_units()
+        ds = [self.queue.enqueue([JobSpec("p", "handle", {"i": i}, dedupe_key=f"k{i % 100}")]) for i in range(150)]
+        results = await defer.gatherResults(ds)
+        self.assertEqual(runs, [("transaction", 150)])
+        self.assertEqual(sum(1 for [r] in results if not r.deduplicated), 100)
+        self.assertEqual([r.job_id for [r] in results[100:]], [r.job_id for [r] in results[:50]])
+        self.assertEqual(_rows(self.path, "SELECT COUNT(*) FROM job_queue"), [(100,)])
 
     async def test_duplicates_inside_one_batch(self) -> None:
         """

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 
-from ductile.store.schema import migrate
+from ductile.store.schema import create_connection_objects, migrate
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
@@ -27,6 +27,16 @@ def _pragmas(synchronous: str):
         conn.execute(f"PRAGMA synchronous={mode}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+
+    return on_connect
+
+
+def _writer_setup(synchronous: str):
+    pragmas = _pragmas(synchronous)
+
+    def on_connect(conn: sqlite3.Connection) -> None:
+        pragmas(conn)
+        create_connection_objects(conn)
 
     return on_connect
 
@@ -69,6 +79,6 @@ def open_pool(path: str, synchronous: str = "full", **kw: Any) -> adbapi.Connect
         timeout=5.0,
         cp_min=1,
         cp_max=1,
-        cp_openfun=_pragmas(synchronous),
+        cp_openfun=_writer_setup(synchronous),
         **kw,
     )

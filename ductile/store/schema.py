@@ -116,6 +116,51 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+#: Per-connection (TEMP, never in the file, so nothing Go sees): the whole
+#: of a burst of enqueues as ONE statement.  Each row inserted into the view
+#: becomes a job (with the same dedupe rule as L{ductile.queue}'s
+#: C{_DUPLICATE_WHERE}: blocked by a queued or running job, or a success
+#: since C{dedupe_cutoff}, with the same key, plugin and command) and, if the
+#: job was inserted, its context.  A lone statement outside BEGIN is its own
+#: transaction: SQLite begins, writes and commits (with the fsync) inside one
+#: C call, so the database thread gives up and wins back the GIL once per
+#: burst instead of once per statement.
+ENQUEUE_VIEW = "ductile_enqueue"
+ENQUEUE_VIEW_COLUMNS = (
+    "id", "plugin", "command", "payload", "max_attempts", "submitted_by", "dedupe_key", "created_at",
+    "parent_job_id", "source_event_id", "event_context_id", "pipeline", "step_id", "context_parent_id",
+    "context_json", "dedupe_cutoff",
+)
+CONNECTION_OBJECTS: tuple[str, ...] = (
+    f"CREATE TEMP VIEW IF NOT EXISTS {ENQUEUE_VIEW} ({', '.join(ENQUEUE_VIEW_COLUMNS)}) AS SELECT "
+    + ", ".join(["NULL"] * len(ENQUEUE_VIEW_COLUMNS)),
+    f"""
+    CREATE TEMP TRIGGER IF NOT EXISTS {ENQUEUE_VIEW}_insert INSTEAD OF INSERT ON {ENQUEUE_VIEW}
+    BEGIN
+        INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by,
+            dedupe_key, created_at, parent_job_id, source_event_id, event_context_id, pipeline, step_id)
+        SELECT NEW.id, NEW.plugin, NEW.command, NEW.payload, 'queued', 1, NEW.max_attempts, NEW.submitted_by,
+            NEW.dedupe_key, NEW.created_at, NEW.parent_job_id, NEW.source_event_id, NEW.event_context_id,
+            NEW.pipeline, NEW.step_id
+        WHERE NEW.dedupe_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM job_queue q WHERE q.dedupe_key=NEW.dedupe_key AND q.plugin=NEW.plugin
+            AND q.command=NEW.command
+            AND (q.status IN ('queued','running') OR (q.status='succeeded' AND q.completed_at>=NEW.dedupe_cutoff)));
+        INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at)
+        SELECT NEW.event_context_id, NEW.context_parent_id, NEW.pipeline, NEW.step_id, NEW.context_json,
+            NEW.created_at
+        WHERE NEW.event_context_id IS NOT NULL AND EXISTS (SELECT 1 FROM job_queue WHERE id=NEW.id);
+    END
+    """,
+)
+
+
+def create_connection_objects(conn: sqlite3.Connection) -> None:
+    """The L{CONNECTION_OBJECTS}, on a connection to a migrated database."""
+    for statement in CONNECTION_OBJECTS:
+        conn.execute(statement)
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 

@@ -48,6 +48,15 @@ class WriteGroup(Protocol[Item]):
     def run(self, txn: Any, items: Sequence[Item]) -> list[Any]:
         ...
 
+    def run_alone(self, txn: Any, items: Sequence[Item]) -> list[Any] | None:
+        """
+        Called instead of L{run} when these items are the whole batch, with
+        no transaction open: do them as one atomic statement (its own
+        transaction), or return C{None} having written nothing, and L{run}
+        is used inside the usual transaction.
+        """
+        ...
+
 _STORAGE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
 
@@ -87,6 +96,15 @@ class _Unit:
             return [first.write(txn)]
         results = first.group.run(txn, [p.item for p in self.pending])
         if len(results) != len(self.pending):
+            raise RuntimeError(f"{first.group!r} returned {len(results)} results for {len(self.pending)} items")
+        return results
+
+    def run_alone(self, txn: Any) -> list[Any] | None:
+        first = self.pending[0]
+        if first.group is None:
+            return None
+        results = first.group.run_alone(txn, [p.item for p in self.pending])
+        if results is not None and len(results) != len(self.pending):
             raise RuntimeError(f"{first.group!r} returned {len(results)} results for {len(self.pending)} items")
         return results
 
@@ -205,6 +223,14 @@ def _run_batch(txn: Any, units: list[_Unit]) -> list[tuple[bool, Any]]:
     with one savepoint per write (group items alone), so only the failing
     write is lost.
     """
+    if len(units) == 1:
+        try:
+            alone = units[0].run_alone(txn)
+        except Exception:
+            alone = None  # atomic: nothing was written; rerun item by item below
+        else:
+            if alone is not None:
+                return [(True, value) for value in alone]
     txn.execute("BEGIN IMMEDIATE")
     try:
         return [(True, value) for unit in units for value in unit.run(txn)]
