@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 import ductile.relay.sender as sender_mod
 from ductile.relay.envelope import Envelope
 from ductile.relay.http_body import BytesProducer
-from ductile.relay.sender import CachedEndpoints, RelaySender, host_header
+from ductile.relay.sender import CachedEndpoints, ParsedOnceAgent, RelaySender, host_header
 
 from .test_relay_sender import ENV, instance
 from .test_relay_sender_stub import StubReceiver, stub_mac
@@ -417,3 +417,62 @@ class BytesProducerTests(SynchronousTestCase):
         p.stopProducing()
         self.assertEqual(out, [b"hello"])
 
+
+
+class ParsedOnceAgentTests(SynchronousTestCase):
+    """Requests to one URI parse it once; the endpoint and pool key stay Agent's."""
+
+    def setUp(self) -> None:
+        self.parses: list[bytes] = []
+        real = URI.fromBytes.__func__  # type: ignore[attr-defined]
+
+        def counting(cls: Any, uri: bytes, defaultPort: Any = None) -> Any:
+            self.parses.append(uri)
+            return real(cls, uri, defaultPort)
+
+        self.patch(URI, "fromBytes", classmethod(counting))
+        self.connects: list[tuple[Any, Any]] = []
+        outer = self
+
+        class Endpoint:
+            def __init__(self, uri: Any) -> None:
+                self.uri = uri
+
+            def connect(self, factory: Any) -> Any:
+                outer.connects.append((self.uri, factory))
+                return defer.Deferred()
+
+        class Endpoints:
+            def endpointForURI(self, uri: Any) -> Any:
+                return Endpoint((uri.scheme, uri.host, uri.port, uri.path))
+
+        from twisted.web.client import HTTPConnectionPool
+
+        self.agent = ParsedOnceAgent.usingEndpointFactory(
+            task.Clock(), Endpoints(), pool=HTTPConnectionPool(task.Clock(), persistent=True)
+        )
+
+    def test_parses_once_per_uri(self) -> None:
+        for _ in range(3):
+            self.agent.request(b"POST", b"http://lab.example:81/a?x=1", Headers({b"Host": [b"h"]}))
+        self.agent.request(b"POST", b"http://lab.example:81/b", Headers({b"Host": [b"h"]}))
+        self.assertEqual(
+            self.parses,
+            [b"http://lab.example:81/a?x=1"] * 2 + [b"http://lab.example:81/b"] * 2,
+        )
+        self.assertEqual(
+            [uri for uri, _ in self.connects],
+            [(b"http", b"lab.example", 81, b"/a")] * 3 + [(b"http", b"lab.example", 81, b"/b")],
+        )
+
+    def test_without_the_private_method_every_request_is_public(self) -> None:
+        self.patch(ParsedOnceAgent, "_direct", False)
+        for _ in range(3):
+            self.agent.request(b"POST", b"http://lab.example/a", Headers({b"Host": [b"h"]}))
+        self.assertEqual(self.parses, [b"http://lab.example/a"] * 3)
+        self.assertEqual(len(self.connects), 3)
+
+    def test_invalid_uri_refused_every_time(self) -> None:
+        for _ in range(2):
+            self.assertRaises(ValueError, self.agent.request, b"POST", b"http://lab.example/a b")
+        self.assertEqual(self.connects, [])

@@ -198,6 +198,43 @@ class CachedEndpoints:
         return endpoint
 
 
+class ParsedOnceAgent(Agent):
+    """
+    An C{Agent} that parses each distinct request URI once.
+
+    C{Agent.request} parses the URI bytes again on every request (C{urlparse},
+    then C{urlunparse} for the request line); a relay instance's URL never
+    changes.  The first request for a URI takes the public path, which also
+    validates it; later ones reuse that parse and go straight to the pooled
+    connection via C{Agent._requestWithEndpoint}.  That method is private
+    Twisted API, so when a Twisted release lacks it every request simply takes
+    the public path.
+    """
+
+    _MAX_URIS = 256
+    _direct = hasattr(Agent, "_requestWithEndpoint") and hasattr(Agent, "_getEndpoint")
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
+    ) -> defer.Deferred[Any]:
+        parsed = self.__dict__.get("_parsed")
+        if parsed is None:
+            parsed = self._parsed = {}
+        known = parsed.get(uri)
+        if known is None or not self._direct:
+            d = Agent.request(self, method, uri, headers, bodyProducer)
+            if self._direct and len(parsed) < self._MAX_URIS:
+                p = URI.fromBytes(uri.strip())  # Agent.request accepted it
+                parsed[uri] = (p, (p.scheme, p.host, p.port), p.originForm)
+            return d
+        p, key, origin = known
+        try:
+            endpoint = self._getEndpoint(p)
+        except SchemeNotSupported:  # pragma: no cover - refused by the first request already
+            return defer.fail(Failure())
+        return self._requestWithEndpoint(key, endpoint, method, p, headers, bodyProducer, origin)
+
+
 @attrs.frozen
 class RawResponse:
     status: int
@@ -397,7 +434,7 @@ class RelaySender:
         if agent is None:
             endpoints = CachedEndpoints(self._reactor, timeout)
             agent = self._agents[timeout] = RedirectAgent(
-                Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
+                ParsedOnceAgent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
             )
         return agent
 
@@ -472,6 +509,7 @@ class RelaySender:
         def answered(raw: RawResponse) -> DeliveryOutcome:
             duration = self._reactor.seconds() - start
             retry_after = parse_retry_after(raw.header("Retry-After"), self._reactor.seconds())
+            acceptance: Mapping[str, Any] | None = None
             if raw.truncated:
                 if raw.status == 202:
                     kind, error = (
@@ -480,11 +518,15 @@ class RelaySender:
                     )
                 else:
                     kind, error = classify(raw.status, b"")
+            elif raw.status == 202:  # classify()'s 202 branch, decoding the body once
+                try:
+                    acceptance = decode_acceptance(raw.body)
+                except ValueError as e:
+                    kind, error = PERMANENT, str(e)
+                else:
+                    kind, error = ACCEPTED, ""
             else:
                 kind, error = classify(raw.status, raw.body)
-            acceptance: Mapping[str, Any] | None = None
-            if kind == ACCEPTED:
-                acceptance = decode_acceptance(raw.body)
             outcome = DeliveryOutcome(
                 kind,
                 status=raw.status,
