@@ -8,25 +8,27 @@ signed with a fresh timestamp, and one deadline (C{instances[].timeout})
 covers connect, headers and body: treq's own C{timeout=} stops at the
 headers (twisted-craft §4).
 
-Why the hot path calls Twisted's C{Agent} rather than C{treq.request}: the
-design card says outbound relays are treq-driven, and treq remains the
-client library here (its C{StubTreq}/C{RequestTraversalAgent} drive the
-in-memory tests through the C{agent=} parameter).  But a durable
-C{relay:} step makes one POST per delivery to a URL fixed in the config,
-and treq redoes per request what never changes: it parses and IDNA-encodes
-the URL with hyperlink, builds a fresh cookie/redirect/decoder agent
-stack, and writes the body from a cooperator task; Agent then parses the
-URL again and builds a new endpoint (another IDNA pass) that a pooled
-connection does not even use.  Profiled, that was about 0.6 ms of reactor
-time per delivery (issue #9).  Here the URL is encoded once per instance
-exactly as treq encodes it, the C{Host} header computed once, endpoints
-are cached per host, and the body is written with the headers.  What treq
-did that shows in an outcome is kept: C{RedirectAgent} (so a 3xx to a POST
-is still the same retryable C{PageRedirect} failure) and the bounded,
-cancellable body read.  Dropped, as in Go's sender (a plain C{http.Client}
-without a jar): cookies carried between deliveries; and the
-C{Accept-Encoding: gzip} header with its decoder (a receiver only
-compresses when asked).
+Why the hot path calls Twisted's C{Agent} rather than C{treq.request}
+(the design card says outbound relays are treq-driven): a durable C{relay:}
+step makes one POST per delivery to a URL fixed in the config, and treq
+redoes per request what never changes.  It parses and IDNA-encodes the URL
+with hyperlink, builds a fresh cookie/redirect/decoder agent stack, and
+writes the body from a cooperator task one reactor turn after the headers;
+C{Agent} then parses the URL again and builds a new endpoint (another IDNA
+pass) that a pooled connection never uses.  Profiled, that was about 0.6 ms
+of reactor time per delivery, most of the sender's cost (issue #9).  Here
+the URL is encoded once per instance exactly as treq encodes it, the C{Host}
+header is computed once, L{ParsedOnceAgent} parses each URI once, endpoints
+are cached per host (L{CachedEndpoints}), and the body goes out with the
+headers (L{BytesProducer}).  treq stays the dependency where it serves:
+its C{RequestTraversalAgent}/C{StubTreq} drive the in-memory tests through
+the C{agent=} parameter.  What treq did that shows in an outcome is kept:
+C{RedirectAgent}, so a 3xx to a POST is still the same retryable
+C{PageRedirect} failure (its body is now read first, so the connection is
+not left half-used), and the bounded, cancellable body read.  Dropped, as in
+Go's sender (a plain C{http.Client} without a jar): cookies carried from
+one delivery to the next, and the C{Accept-Encoding: gzip} header with its
+decoder (a receiver compresses only when asked).
 """
 from __future__ import annotations
 
