@@ -7,6 +7,8 @@ import json
 import re
 
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from ductile.config.models import Instance
@@ -235,3 +237,36 @@ class SenderTests(unittest.TestCase):
         out = await s.attempt("idna", ENV)
         self.assertEqual(out.kind, "permanent")
         self.assertTrue(out.error.startswith("deliver relay request to idna: "), out.error)
+
+    async def test_no_cookies_carried_between_deliveries(self) -> None:
+        """Like Go's sender (no cookie jar): a Set-Cookie is not sent back."""
+        stub = StubReceiver(mode="fixed", answer=(202, {"Set-Cookie": "s=1; Path=/"}, b"{}"))
+        srv = self.serve(stub)
+        s = self.sender(instance(srv.base_url))
+        for _ in range(2):
+            self.assertEqual((await s.attempt("lab", ENV)).kind, "accepted")
+        self.assertEqual([r.header("cookie") for r in stub.received], [None, None])
+        self.assertEqual([r.header("accept-encoding") for r in stub.received], [None, None])
+
+    async def test_redirect_on_post_is_retryable(self) -> None:
+        stub = StubReceiver(mode="fixed", answer=(301, {"Location": "/elsewhere"}, b"moved"))
+        srv = self.serve(stub)
+        out = await self.sender(instance(srv.base_url)).attempt("lab", ENV)
+        self.assertEqual((out.kind, out.status), ("retryable", None))
+        self.assertEqual(
+            out.error,
+            f"deliver relay request to lab: PageRedirect: 301 Moved Permanently to "
+            f"{srv.base_url}/ingest/peer/home-primary",
+        )
+
+    async def test_cancel_drops_a_stalled_connection(self) -> None:
+        stub = StubReceiver(mode="stall")
+        srv = self.serve(stub)
+        s = self.sender(instance(srv.base_url))
+        d = s.exchange(s.instance("lab"), b"{}")
+        while not stub.stalled:  # the receiver has sent headers and part of the body
+            await deferLater(reactor, 0.01)
+        await deferLater(reactor, 0.05)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        await stub.stall_dropped.addTimeout(2, reactor)

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from ductile.relay.http_body import ResponseBodyTooLarge, read_body_bounded
+from ductile.relay.http_body import BoundedBody, ResponseBodyTooLarge, read_body_bounded
 
 
 class FakeTransport:
@@ -77,3 +77,42 @@ class BoundedBodyTests(SynchronousTestCase):
         self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(r.transport.stopped, 1)
         r.proto.connectionLost(Failure(ConnectionLost()))  # no second result
+
+
+class BoundedBodyCallbackTests(SynchronousTestCase):
+    """The callable form the sender uses: one report, nothing after abandon."""
+
+    def test_one_report_with_the_bytes(self) -> None:
+        got: list[object] = []
+        proto = BoundedBody(got.append, 10)
+        r = FakeResponse()
+        r.deliverBody(proto)
+        proto.dataReceived(b"ab")
+        proto.dataReceived(b"cd")
+        proto.connectionLost(Failure(ResponseDone()))
+        proto.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(got, [b"abcd"])
+
+    def test_abandon_drops_the_connection_and_reports_nothing(self) -> None:
+        got: list[object] = []
+        proto = BoundedBody(got.append, 10)
+        r = FakeResponse()
+        r.deliverBody(proto)
+        proto.dataReceived(b"ab")
+        proto.abandon()
+        self.assertEqual(r.transport.stopped, 1)
+        proto.dataReceived(b"cd")
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(got, [])
+
+    def test_overflow_reports_a_failure_once(self) -> None:
+        got: list[object] = []
+        proto = BoundedBody(got.append, 3)
+        r = FakeResponse()
+        r.deliverBody(proto)
+        proto.dataReceived(b"abcd")
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(got), 1)
+        self.assertIsInstance(got[0], Failure)
+        self.assertEqual(str(got[0].value), "response body exceeds 3 bytes")
+        self.assertEqual(r.transport.stopped, 1)
