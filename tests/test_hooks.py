@@ -300,6 +300,25 @@ class RouteHookTests(SynchronousTestCase):
         self.assertEqual(reason_for("failed", "refused"), "plugin_error")
 
 
+class HookDocsTests(SynchronousTestCase):
+    def test_operator_guide_example_compiles_and_routes(self) -> None:
+        """The operator guide's on-hook example is valid and both pipelines take backup-runner's failures."""
+        import yaml
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "operator-guide.md")
+        with open(path) as f:
+            text = f.read()
+        section = text[text.index("## Getting told when a job fails"):]
+        block = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+        doc = yaml.safe_load(block.replace("${DISCORD_WEBHOOK}", "x"))
+        self.assertTrue(doc["plugins"]["backup-runner"]["notify_on_complete"])
+        r = Router(compile_pipelines(pipelines(*doc["pipelines"]), set(doc["plugins"]), {"lab"}))
+        event = Event.create("job.failed", {"command": "poll"}, "backup-runner", 0.0)
+        self.assertEqual([d.pipeline for d in r.route_hook(event, "backup-runner")],
+                         ["tell-me-about-failures", "forward-failures"])
+        self.assertEqual([d.pipeline for d in r.route_hook(event, "notify-discord")], ["forward-failures"])
+
+
 class HookConfigTests(SynchronousTestCase, ConfigDirMixin):
     def test_values_parse_without_not_implemented_warnings(self) -> None:
         config = self.load(self.base_files(**{"config.yaml": (
