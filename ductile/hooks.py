@@ -152,10 +152,16 @@ def plan_hooks(
     from ductile.executor import dispatch_to_spec
 
     event = Event.create(signal, dict(payload), job.plugin, now)
-    specs = []
-    for dispatch in router.route_hook(event, job.plugin, {HOOK_DEPTH: depth + 1}):
-        spec = dispatch_to_spec(dispatch, config, submitted_by=HOOK_SUBMITTER, source_event_id=event.event_id)
-        specs.append(spec)
+    try:
+        dispatches = router.route_hook(event, job.plugin, {HOOK_DEPTH: depth + 1})
+        specs = [dispatch_to_spec(d, config, submitted_by=HOOK_SUBMITTER, source_event_id=event.event_id)
+                 for d in dispatches]
+    except Exception:
+        # A hook must never keep the job's own end from being recorded.
+        log.failure("hook routing error: {signal} of job {job_id} ({plugin}) fires no hook",
+                     signal=signal, job_id=job.id, plugin=job.plugin)
+        return []
+    for dispatch in dispatches:
         log.info(
             "hook {signal} of job {job_id} ({plugin}) starts pipeline {pipeline} step {step_id} ({hook_plugin})",
             signal=signal, job_id=job.id, plugin=job.plugin, pipeline=dispatch.pipeline,

@@ -187,6 +187,21 @@ class HookExecutorTests(TestCase):
         self.assertEqual((refused["job_id"], refused["current_depth"], refused["max_depth"]), (second["id"], 2, 2))
         self.assertIn("hook enqueue refused: max depth reached", refused["log_format"])
 
+    async def test_hook_routing_error_still_records_the_job(self) -> None:
+        """A hook that cannot be routed is logged and dropped; the job's own end is recorded."""
+        ex = self.executor([ON_FAILED], notifier={}, worker={"notify": True, "config": {"fail": "permanent"}})
+
+        def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("router broke")
+
+        self.patch(self.router, "route_hook", broken)
+        await self.queue.enqueue([JobSpec("worker", "poll", max_attempts=1)])
+        self.assertEqual((await self.run_next(ex))["status"], "failed")
+        self.assertEqual(len(await self.jobs()), 1)
+        [error] = [e for e in self.logged if "log_failure" in e]
+        self.assertIn("hook routing error", error["log_format"])
+        self.assertEqual(str(error["log_failure"].value), "router broke")
+
     async def test_hook_job_commits_with_its_completion(self) -> None:
         """
         The hook job is written in the completion's transaction: when that
