@@ -20,6 +20,7 @@ from ductile.backoff import job_retry_delay
 from ductile.config.models import Config
 from ductile.errors import StorageUnavailable
 from ductile.events import Event
+from ductile.hooks import with_hooks
 from ductile.metrics import Metrics
 from ductile.queue import (
     DEAD,
@@ -335,6 +336,7 @@ class JobExecutor:
         kept and the commit retried (the job stays "running" meanwhile), so a
         finished job is never lost or run again because the disk was full.
         """
+        completion = with_hooks(job, completion, self._config, self._router, self._clock.seconds())
         delay = 1.0
         while True:
             try:

@@ -226,14 +226,18 @@ class JobQueue:
 
         return self._writer.submit(release)
 
-    def recover(self) -> defer.Deferred[list[tuple[str, str, str]]]:
+    def recover(
+        self, hooks: Callable[[Any, str, float], Sequence[JobSpec]] | None = None
+    ) -> defer.Deferred[list[tuple[str, str, str]]]:
         """
         Crash recovery (contract §4.5): jobs left C{running} go back to
         C{queued} at once with the next attempt, or C{dead} when out of
         attempts.  Returns C{(job_id, plugin, new_status)} for each.
+        C{hooks(txn, job_id, now)} (L{ductile.hooks.RecoveryHooks}) gives the
+        jobs a dead one fires; they are created in the same transaction.
         """
         now = self._clock.seconds()
-        return self._writer.submit(lambda txn: self._recover(txn, now)).addCallback(self._notify)
+        return self._writer.submit(lambda txn: self._recover(txn, now, hooks)).addCallback(self._notify)
 
     def replay(self, job_id: str, submitted_by: str = "replay") -> defer.Deferred[str]:
         """
@@ -645,7 +649,9 @@ class JobQueue:
             )
         return [self._insert(txn, s, now, parent=job.id) for s in c.successors]
 
-    def _recover(self, txn: Any, now: float) -> list[tuple[str, str, str]]:
+    def _recover(
+        self, txn: Any, now: float, hooks: Callable[[Any, str, float], Sequence[JobSpec]] | None = None
+    ) -> list[tuple[str, str, str]]:
         txn.execute("SELECT id, plugin, attempt, max_attempts FROM job_queue WHERE status='running'")
         out = []
         for job_id, plugin, attempt, max_attempts in txn.fetchall():
@@ -664,6 +670,8 @@ class JobQueue:
                 )
                 _transition(txn, job_id, RUNNING, DEAD, "crash recovery: out of attempts", now)
                 out.append((job_id, plugin, DEAD))
+                for spec in hooks(txn, job_id, now) if hooks is not None else ():
+                    self._insert(txn, spec, now, parent=job_id)
         return out
 
     def _replay(self, txn: Any, job_id: str, submitted_by: str, now: float) -> str:

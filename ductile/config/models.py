@@ -58,6 +58,8 @@ class PluginConfig:
     #: As written by the operator; C{None} when unset (see contract §2.8).
     parallelism: int | None = None
     schedules: tuple[Schedule, ...] = ()
+    #: Fire C{on-hook} pipelines when a root job of this plugin ends (§3.4).
+    notify_on_complete: bool = False
 
     def timeout_for(self, command: str) -> float:
         if command in self.timeouts:
@@ -77,6 +79,8 @@ class ServiceConfig:
     job_queue_retention: float = 24 * 3600.0
     strict: bool = False
     allow_symlinks: bool = False
+    #: How many hook jobs deep a chain of lifecycle hooks may go (§3.4).
+    hook_max_depth: int = 4
 
 
 @attrs.frozen

@@ -68,7 +68,7 @@ _PLUGIN: Mapping[str, Node] = {
     "requires_vault": Unimplemented("requires_vault"),
     "circuit_breaker": Unimplemented("circuit_breaker"),
     "max_outstanding_polls": Unimplemented("max_outstanding_polls"),
-    "notify_on_complete": Unimplemented("notify_on_complete"),
+    "notify_on_complete": ANY,
 }
 
 _KEY_REF: Mapping[str, Node] = {"key_id": ANY, "secret_ref": ANY}
@@ -98,7 +98,7 @@ SCHEMA: Mapping[str, Node] = {
             "fail_on_drift": Unimplemented("fail_on_drift"),
             "require_api_auth": Unimplemented("require_api_auth"),
         },
-        "hook_max_depth": Unimplemented("hook_max_depth"),
+        "hook_max_depth": ANY,
         "unconfined": Unimplemented("unconfined"),
     },
     "state": {"path": ANY, "synchronous": ANY},

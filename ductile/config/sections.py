@@ -63,6 +63,8 @@ def build_service(at: At) -> ServiceConfig:
         job_queue_retention=at.duration("job_queue_retention", d.job_queue_retention, positive=True),
         strict=at.flag("strict", False),
         allow_symlinks=at.flag("allow_symlinks", False),
+        # Go reads 0 (or less) as "the default"; a negative value is refused here.
+        hook_max_depth=at.whole("hook_max_depth", d.hook_max_depth, minimum=0) or d.hook_max_depth,
     )
 
 
@@ -218,6 +220,7 @@ def _plugin(name: str, at: At) -> PluginConfig:
         timeouts=timeouts,
         parallelism=at.whole("parallelism", None, minimum=1),
         schedules=_schedules(at),
+        notify_on_complete=at.flag("notify_on_complete", False),
     )
 
 

@@ -165,6 +165,32 @@ class Router:
         """Entry dispatches for an explicit C{POST /pipeline/{name}} (no trigger checks)."""
         return _dedupe(self._start(self.pipeline(name), event, baggage or {}, 0))
 
+    def route_hook(
+        self, event: Event, source_plugin: str, baggage: Mapping[str, Any] | None = None
+    ) -> list[Dispatch]:
+        """
+        Start every pipeline whose C{on-hook} is C{event.type} (a lifecycle
+        signal such as C{job.failed}) for a finished root job of
+        C{source_plugin}.  Only C{on-hook} pipelines are considered; their
+        C{from_plugin} must match the job's plugin and their trigger C{if}
+        sees the hook payload with an empty context (as in Go's NextHook).
+        Each starts a fresh instance at depth 0, so a hook pipeline runs all
+        of its steps; C{baggage} seeds its context.
+        """
+        out: list[Dispatch] = []
+        signal = event.type.strip()
+        for pipeline in self._p.by_name.values():
+            if pipeline.on_hook != signal:
+                continue
+            if pipeline.from_plugin and pipeline.from_plugin != (source_plugin or "").strip():
+                continue
+            if pipeline.condition is not None:
+                if not pipeline.condition.evaluate(Scope(payload=event.payload, context={})):
+                    log.debug("hook pipeline {pipeline} trigger if is false", pipeline=pipeline.name)
+                    continue
+            out += self._start(pipeline, event, baggage or {}, 0)
+        return _dedupe(out)
+
     def route_next(self, event: Event, source_context: Mapping[str, Any], source_plugin: str) -> list[Dispatch]:
         """
         Continue the source job's pipeline instance with C{event} (an event
