@@ -96,6 +96,7 @@ class DuctileService(service.Service):
             self.reactor.stop()
 
     async def _start(self) -> None:
+        from ductile.hooks import RecoveryHooks
         from ductile.plugins.runner import ProcessRunner
         from ductile.relay.acceptor import RelayAcceptor
         from ductile.relay.ingress import ingress_body_limit_for, mount_remote_ingress
@@ -114,7 +115,8 @@ class DuctileService(service.Service):
         self.pool = open_pool(cfg.state.path, cfg.state.synchronous)
         writer = GroupCommitWriter(self.pool, self.reactor)
         self.queue = JobQueue(self.pool, writer, self.reactor, dedupe_ttl=cfg.service.dedupe_ttl)
-        for job_id, plugin, status in await self.queue.recover():
+        # A job recovery makes dead fires its job.failed hooks in the same transaction.
+        for job_id, plugin, status in await self.queue.recover(hooks=RecoveryHooks(cfg, self.instance.router)):
             self.log.warn("crash recovery: job {job_id} ({plugin}) -> {status}", job_id=job_id, plugin=plugin,
                           status=status)
 

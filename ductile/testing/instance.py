@@ -62,8 +62,11 @@ async def wait_until(
     changed: list[defer.Deferred[None]] = []
 
     def notify() -> None:
-        while changed:
-            changed.pop().callback(None)
+        # Taken before firing: a waiter resumed here may append the next one,
+        # which must wait for the next commit, not this loop.
+        waiting, changed[:] = list(changed), []
+        for d in waiting:
+            d.callback(None)
 
     service.queue.on_new_work(notify)
     deadline = reactor.seconds() + timeout
