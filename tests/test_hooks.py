@@ -404,3 +404,53 @@ class HookEndToEndTests(TestCase):
         tree = await service.queue.job_tree(job_id)
         self.assertEqual([(j["plugin"], j["status"], j["submitted_by"]) for j in tree],
                          [("worker", "failed", "api"), ("notifier", "succeeded", "hook")])
+
+
+class HookRecoveryAtStartTests(TestCase):
+    """The service wires crash recovery to the hooks: a job left running by a crash tells the notifier."""
+
+    timeout = 30
+
+    async def test_job_dead_after_a_crash_fires_job_failed_at_start(self) -> None:
+        import sqlite3
+
+        from ductile.store.pool import prepare_database
+
+        base = os.path.abspath(self.mktemp())
+        plugins = os.path.join(base, "plugins")
+        write_recorder(plugins, "worker")
+        write_recorder(plugins, "notifier")
+        records = os.path.join(base, "records.jsonl")
+        state = os.path.join(base, "state", "ductile.db")
+        cfg = write_config(os.path.join(base, "cfg"), {"config.yaml": {
+            "service": {"name": "hooks-recovery"},
+            "state": {"path": state},
+            "plugin_roots": [plugins],
+            "plugins": {
+                "worker": {"notify_on_complete": True, "config": {"record_file": records}},
+                "notifier": {"config": {"record_file": records}},
+            },
+            "pipelines": [ON_FAILED],
+        }})
+        # What a crash leaves: the job's last attempt had started and never ended.
+        prepare_database(state)
+        conn = sqlite3.connect(state)
+        conn.execute(
+            "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "
+            "created_at, started_at) VALUES ('crashed-job', 'worker', 'poll', '{}', 'running', 1, 1, 'api', 1, 2)"
+        )
+        conn.commit()
+        conn.close()
+        service = await start_instance(self, cfg)
+
+        async def notified() -> Any:
+            counts = await service.queue.counts()
+            if counts.get("queued", 0) + counts.get("running", 0):
+                return None
+            return [r for r in read_records(records) if r["plugin"] == "notifier"]
+
+        [line] = await wait_until(service, notified)
+        self.assertEqual(line["event"]["type"], "job.failed")
+        self.assertEqual(subset(line["event"]["payload"], {"job_id": "crashed-job", "status": "dead",
+                                                            "recovery": True}),
+                         {"job_id": "crashed-job", "status": "dead", "recovery": True})
