@@ -370,3 +370,28 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertIsNone(site.buildProtocol(None))
         first.connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(site.buildProtocol(None))
+
+
+class LimitCacheTests(SynchronousTestCase):
+    """DuctileSite remembers each target's limit, within a bounded memory."""
+
+    def test_each_target_is_resolved_once_and_memory_is_bounded(self) -> None:
+        from twisted.web.resource import Resource
+
+        from ductile.web.limits import BodyLimit, DuctileSite
+
+        asked: list[bytes] = []
+        inside = BodyLimit(10, "too large")
+
+        def body_limit_for(path: bytes):
+            asked.append(path)
+            return inside if path.startswith(b"/in/") else 99
+
+        site = DuctileSite(Resource(), body_limit_for=body_limit_for)
+        self.assertIs(site.limit_for_target(b"/in/a?x=1"), inside)
+        self.assertIs(site.limit_for_target(b"/in/a?x=1"), inside)
+        self.assertEqual(site.limit_for_target(b"/out").max_bytes, 99)
+        self.assertEqual(asked, [b"/in/a", b"/out"])
+        for i in range(DuctileSite.LIMIT_CACHE_SIZE * 2):
+            site.limit_for_target(b"/in/%d" % i)
+        self.assertLessEqual(len(site._limits), DuctileSite.LIMIT_CACHE_SIZE)

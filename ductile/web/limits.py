@@ -97,6 +97,14 @@ def path_segments(path: bytes) -> list[bytes]:
     return [unquote_to_bytes(seg) for seg in path[1:].split(b"/")]
 
 
+def limit_for_target(body_limit_for: BodyLimitFor | None, target: bytes) -> BodyLimit | None:
+    """The limit C{body_limit_for} sets for a raw request target, if any."""
+    if body_limit_for is None:
+        return None
+    limit = body_limit_for(request_target_path(target) if target else b"")
+    return limit if isinstance(limit, BodyLimit) else BodyLimit(int(limit))
+
+
 def prefix_limit_for(
     prefix: str, inside: BodyLimit, default: int | BodyLimit
 ) -> BodyLimitFor:
@@ -131,13 +139,12 @@ class LimitedRequest(server.Request):
 
     def _limit_for_target(self) -> BodyLimit | None:
         site = getattr(self.channel, "site", None)
-        limit_for = getattr(site, "body_limit_for", None)
-        if limit_for is None:
-            return None
         target = getattr(self.channel, "_path", None)
-        path = request_target_path(target) if isinstance(target, bytes) else b""
-        limit = limit_for(path)
-        return limit if isinstance(limit, BodyLimit) else BodyLimit(int(limit))
+        target = target if isinstance(target, bytes) else b""
+        cached = getattr(site, "limit_for_target", None)
+        if cached is not None:
+            return cached(target)
+        return limit_for_target(getattr(site, "body_limit_for", None), target)
 
     def gotLength(self, length: int | None) -> None:
         self._limit = self._limit_for_target()
@@ -276,6 +283,26 @@ class DuctileSite(server.Site):
         #: the read deadline, memory held by clients stays bounded.
         self.max_connections = max_connections
         self._channels: set[Any] = set()
+        self._limits: dict[bytes, BodyLimit | None] = {}
+
+    #: Distinct request targets whose limit is remembered (a client chooses
+    #: targets, so the memory is bounded: it starts over when full).
+    LIMIT_CACHE_SIZE = 256
+
+    def limit_for_target(self, target: bytes) -> BodyLimit | None:
+        """
+        L{limit_for_target} of C{body_limit_for}, remembered per target: the
+        relay's few peer paths are parsed and unquoted once, not per request.
+        """
+        try:
+            return self._limits[target]
+        except KeyError:
+            pass
+        limit = limit_for_target(self.body_limit_for, target)
+        if len(self._limits) >= self.LIMIT_CACHE_SIZE:
+            self._limits.clear()
+        self._limits[target] = limit
+        return limit
 
     def buildProtocol(self, addr: Any) -> Any:
         if len(self._channels) >= self.max_connections:
