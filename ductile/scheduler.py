@@ -1,31 +1,99 @@
 """
-Plugin schedules (C{plugins.<n>.schedules}), checked every
-C{service.tick_interval} on the injected clock.
+Plugin schedules (C{plugins.<n>.schedules}), each armed with C{callLater}
+on the injected clock for its next firing.
 
-A schedule first fires one jitter after start (so a fleet of instances
-started together does not poll in lockstep), then every C{every} plus a
-fresh jitter.  C{if_running: skip} drops a firing while the same plugin
-command is still queued or running; C{queue} enqueues regardless.
+Triggers (exactly one per schedule):
+  - C{every}: first one jitter after start (so a fleet started together
+    does not poll in lockstep), then every C{every} plus a fresh jitter.
+  - C{cron}: the next matching minute in C{timezone} (default: the local
+    zone, as ductile-go's C{time.Local}); see L{ductile.cron}.  If the
+    current minute matches at start it fires at once, as in ductile-go.
+  - C{at}: once, at an RFC 3339 time (at once if that is past and it never
+    fired).
+  - C{after}: once, that long after the first start.  The due time is stored,
+    so a restart does not push it back.
+One-shots are recorded C{exhausted} in C{schedule_entries} after firing and
+never fire again for that plugin and schedule id (as in ductile-go; give the
+schedule a new id to run it again).
+
+C{only_between} / C{not_on} (read in C{timezone}, default UTC as in
+ductile-go) hold a due firing until the window opens; it then fires once.
+C{if_running: skip} drops a recurring firing while the same plugin command
+is queued or running (a one-shot waits a tick and tries again); C{queue}
+enqueues regardless.
 """
 from __future__ import annotations
 
+import math
 import random
+from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Mapping
 
 import attrs
-from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ductile.config.models import Config, Schedule
+from ductile.cron import CronExpr, load_zone, local_zone, parse_cron
 from ductile.queue import QUEUED, RUNNING, JobQueue, JobSpec
 
+ACTIVE = "active"
+EXHAUSTED = "exhausted"
 
-@attrs.define
+
+@attrs.define(eq=False)
 class _Entry:
     plugin: str
     schedule: Schedule
-    next_at: float
+    cron: CronExpr | None = None
+    cron_zone: tzinfo = timezone.utc
+    window_zone: tzinfo = timezone.utc
+    next_at: float | None = None
+    call: IDelayedCall | None = None
+
+
+class ScheduleStore:
+    """
+    The C{schedule_entries} rows one-shot schedules need (contract §4.1):
+    their due time and whether they already fired.
+    """
+
+    def __init__(self, pool: Any, clock: IReactorTime) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    def load(self) -> defer.Deferred[dict[tuple[str, str], dict[str, Any]]]:
+        def q(txn: Any) -> dict[tuple[str, str], dict[str, Any]]:
+            txn.execute(
+                "SELECT plugin, schedule_id, command, status, reason, last_fired_at, next_run_at"
+                " FROM schedule_entries"
+            )
+            return {
+                (r[0], r[1]): {"command": r[2], "status": r[3], "reason": r[4], "last_fired_at": r[5], "next_run_at": r[6]}
+                for r in txn.fetchall()
+            }
+
+        return self._pool.runInteraction(q)
+
+    def save(
+        self, plugin: str, schedule_id: str, command: str, *, status: str = ACTIVE, reason: str | None = None,
+        last_fired_at: float | None = None, next_run_at: float | None = None,
+    ) -> defer.Deferred[None]:
+        now = self._clock.seconds()
+
+        def q(txn: Any) -> None:
+            txn.execute(
+                "INSERT INTO schedule_entries (plugin, schedule_id, command, status, reason, last_fired_at,"
+                " next_run_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (plugin, schedule_id) DO UPDATE SET command = excluded.command,"
+                " status = excluded.status, reason = excluded.reason,"
+                " last_fired_at = COALESCE(excluded.last_fired_at, last_fired_at),"
+                " next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
+                (plugin, schedule_id, command, status, reason, last_fired_at, next_run_at, now),
+            )
+
+        return self._pool.runInteraction(q)
 
 
 class Scheduler:
@@ -38,60 +106,136 @@ class Scheduler:
         config: Config,
         plugins: Mapping[str, Any],
         rng: Callable[[], float] = random.random,
+        store: ScheduleStore | None = None,
+        zone: tzinfo | None = None,
     ) -> None:
+        """
+        @param store: where one-shot state lives; by default the queue's
+            database.
+        @param zone: the local zone for C{cron} schedules without a
+            C{timezone} (default: found as Go finds C{time.Local}).
+        """
         self._clock = clock
         self._queue = queue
         self._config = config
         self._rng = rng
-        now = clock.seconds()
-        self.entries = [
-            _Entry(name, sched, now + self._jitter(sched))
-            for name, settings in sorted(config.plugins.items())
-            if settings.enabled and name in plugins
-            for sched in settings.schedules
-        ]
-        self._loop: task.LoopingCall | None = None
-        self._ticking: defer.Deferred[None] | None = None
+        self._store = store if store is not None else ScheduleStore(queue._pool, clock)
+        local = zone if zone is not None else local_zone()
+        self.entries: list[_Entry] = []
+        for name, settings in sorted(config.plugins.items()):
+            if not settings.enabled or name not in plugins:
+                continue
+            for sched in settings.schedules:
+                named = load_zone(sched.timezone) if sched.timezone else None
+                self.entries.append(
+                    _Entry(
+                        name, sched,
+                        cron=parse_cron(sched.cron) if sched.cron is not None else None,
+                        cron_zone=named or local,
+                        window_zone=named or timezone.utc,
+                    )
+                )
+        self._running = False
+        self._inflight: set[defer.Deferred[None]] = set()
 
     def _jitter(self, sched: Schedule) -> float:
         return self._rng() * sched.jitter if sched.jitter > 0 else 0.0
 
-    def start(self) -> None:
-        if not self.entries:
-            return
-        self._loop = task.LoopingCall(self.tick)
-        self._loop.clock = self._clock
-        self._loop.start(self._config.service.tick_interval, now=True).addErrback(
-            lambda f: self.log.failure("scheduler loop stopped", f)
-        )
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> defer.Deferred[None]:
+        """
+        Arm every schedule.  Recurring ones are armed before this returns;
+        the returned Deferred fires once one-shots are armed too (they need
+        their stored state).
+        """
+        self._running = True
+        now = self._clock.seconds()
+        one_shots = []
+        for entry in self.entries:
+            trigger = entry.schedule.trigger
+            if trigger == "every":
+                self._arm(entry, now + self._jitter(entry.schedule))
+            elif trigger == "cron":
+                assert entry.cron is not None
+                # The current minute counts if it matches (ductile-go fires a
+                # matching minute at its first look).
+                self._arm(entry, entry.cron.next_fire(math.floor(now / 60) * 60 - 1, entry.cron_zone))
+            else:
+                one_shots.append(entry)
+        if not one_shots:
+            return defer.succeed(None)
+        d = defer.ensureDeferred(self._arm_one_shots(one_shots, now))
+        d.addErrback(lambda f: self.log.failure("scheduler could not read one-shot schedule state", f))
+        return d
+
+    async def _arm_one_shots(self, entries: list[_Entry], now: float) -> None:
+        state = await self._store.load()
+        for entry in entries:
+            sched = entry.schedule
+            row = state.get((entry.plugin, sched.id))
+            if row is not None and row["status"] == EXHAUSTED:
+                self.log.info(
+                    "schedule {plugin}/{schedule_id} already fired once; not armed",
+                    plugin=entry.plugin, schedule_id=sched.id,
+                )
+                continue
+            if sched.at is not None:
+                due = sched.at
+            elif row is not None and row["next_run_at"] is not None:
+                due = row["next_run_at"]
+            else:
+                assert sched.after is not None
+                due = now + sched.after
+                await self._store.save(entry.plugin, sched.id, sched.command, next_run_at=due)
+            if self._running:
+                self._arm(entry, due)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-
-    def tick(self) -> defer.Deferred[None]:
-        """Fire every due schedule; returns when their jobs are committed."""
-        if self._ticking is not None:
-            return self._ticking
-        ticking = defer.ensureDeferred(self._tick())
-        ticking.addErrback(lambda f: self.log.failure("scheduler tick failed", f))
-        if not ticking.called:
-            self._ticking = ticking
-
-            def done(result: Any) -> Any:
-                self._ticking = None
-                return result
-
-            ticking.addBoth(done)
-        return ticking
-
-    async def _tick(self) -> None:
-        now = self._clock.seconds()
+        self._running = False
         for entry in self.entries:
-            if entry.next_at > now:
-                continue
-            sched = entry.schedule
-            entry.next_at = now + sched.every + self._jitter(sched)
+            if entry.call is not None and entry.call.active():
+                entry.call.cancel()
+            entry.call = None
+
+    def settled(self) -> defer.Deferred[None]:
+        """Fires when every firing in progress has finished (for tests and shutdown)."""
+        pending = list(self._inflight)
+        return defer.DeferredList(pending).addCallback(lambda _: None)
+
+    # -- firing ------------------------------------------------------------
+
+    def _arm(self, entry: _Entry, at: float) -> None:
+        if not self._running:
+            return
+        entry.next_at = at
+        entry.call = self._clock.callLater(max(0.0, at - self._clock.seconds()), self._fire, entry)
+
+    def _fire(self, entry: _Entry) -> None:
+        entry.call = None
+        d = defer.ensureDeferred(self._run(entry))
+        d.addErrback(
+            lambda f: self.log.failure(
+                "schedule {plugin}/{schedule_id} firing failed", f, plugin=entry.plugin, schedule_id=entry.schedule.id
+            )
+        )
+        if not d.called:
+            self._inflight.add(d)
+            d.addBoth(lambda r: (self._inflight.discard(d), r)[1])
+
+    async def _run(self, entry: _Entry) -> None:
+        sched = entry.schedule
+        now = self._clock.seconds()
+        opens = next_allowed(now, sched, entry.window_zone)
+        if opens > now:
+            self.log.info(
+                "schedule {plugin}/{schedule_id} held until its window opens at {opens}",
+                plugin=entry.plugin, schedule_id=sched.id, opens=datetime.fromtimestamp(opens, timezone.utc).isoformat(),
+            )
+            self._arm(entry, opens)
+            return
+        one_shot = sched.trigger in ("at", "after")
+        try:
             if sched.if_running == "skip":
                 busy = await self._queue.list_jobs(
                     status=(QUEUED, RUNNING), plugin=entry.plugin, command=sched.command, limit=1
@@ -101,7 +245,9 @@ class Scheduler:
                         "schedule {plugin}/{schedule_id} skipped: {command} still {status}",
                         plugin=entry.plugin, schedule_id=sched.id, command=sched.command, status=busy[0]["status"],
                     )
-                    continue
+                    if one_shot:  # a one-shot is not lost: it tries again a tick later
+                        self._arm(entry, now + self._config.service.tick_interval)
+                    return
             settings = self._config.plugin_config(entry.plugin)
             [result] = await self._queue.enqueue(
                 [
@@ -115,3 +261,53 @@ class Scheduler:
                 "schedule {plugin}/{schedule_id} enqueued {command} job {job_id}",
                 plugin=entry.plugin, schedule_id=sched.id, command=sched.command, job_id=result.job_id,
             )
+            if one_shot:
+                await self._store.save(
+                    entry.plugin, sched.id, sched.command, status=EXHAUSTED, reason="one_shot_exhausted",
+                    last_fired_at=now,
+                )
+        finally:
+            if not one_shot:
+                self._arm(entry, self._next(entry, now))
+
+    def _next(self, entry: _Entry, now: float) -> float:
+        sched = entry.schedule
+        if entry.cron is not None:
+            # From the slot just served, or from now if the clock ran past
+            # later slots (a suspended host): those are not replayed.
+            slot = entry.next_at if entry.next_at is not None else now
+            return entry.cron.next_fire(max(slot, now), entry.cron_zone)
+        return now + sched.every + self._jitter(sched)
+
+
+def next_allowed(t: float, sched: Schedule, zone: tzinfo) -> float:
+    """
+    The first instant at or after C{t} inside the schedule's C{only_between}
+    window and not on a C{not_on} weekday, both read in C{zone} at minute
+    granularity (as ductile-go reads them).
+    """
+    if sched.only_between is None and not sched.not_on:
+        return t
+    for _ in range(20_000):
+        wait = _minutes_to_window(datetime.fromtimestamp(t, zone), sched)
+        if wait == 0:
+            return t
+        start_of_minute = math.floor(t / 60) * 60
+        # Jump most of the way at once; walk the last hour minute by minute
+        # so a DST change on the way cannot make it overshoot the opening.
+        t = start_of_minute + 60 * (wait - 60 if wait > 61 else 1)
+    raise ValueError(f"schedule {sched.id}: its window never opens")
+
+
+def _minutes_to_window(local: datetime, sched: Schedule) -> int:
+    """Minutes until the window opens, reading the clock naively (0: open now)."""
+    minute = local.hour * 60 + local.minute
+    if (local.weekday() + 1) % 7 in sched.not_on:
+        return 1440 - minute
+    if sched.only_between is None:
+        return 0
+    start, end = sched.only_between
+    inside = start <= minute < end if start < end else (minute >= start or minute < end)
+    if inside:
+        return 0
+    return (start - minute) % 1440
