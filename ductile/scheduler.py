@@ -191,12 +191,14 @@ class Scheduler:
             if self._running:
                 self._arm(entry, due)
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred[None]:
+        """Disarm every schedule; the result fires once firings in progress finish."""
         self._running = False
         for entry in self.entries:
             if entry.call is not None and entry.call.active():
                 entry.call.cancel()
             entry.call = None
+        return self.settled()
 
     def settled(self) -> defer.Deferred[None]:
         """Fires when every firing in progress has finished (for tests and shutdown)."""

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -296,6 +298,35 @@ class WindowTests(SynchronousTestCase):
         """2026-05-01 is a Friday."""
         sched = Schedule(only_between=(9 * 60, 17 * 60), not_on=frozenset({0, 6}))
         self.assertEqual(next_allowed(at(UTC, 2026, 5, 1, 18), sched, UTC), at(UTC, 2026, 5, 4, 9))
+
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        start=st.one_of(st.sampled_from([60, 75, 90, 120, 150, 180]), st.integers(0, 1439)),
+        length=st.one_of(st.sampled_from([30, 60, 90, 600]), st.integers(1, 1439)),
+        not_on=st.frozensets(st.integers(0, 6), max_size=3),
+        zone=st.sampled_from([UTC, LONDON, ZoneInfo("America/New_York"), ZoneInfo("Australia/Lord_Howe")]),
+        day=st.sampled_from([(2026, 3, 8), (2026, 3, 29), (2026, 4, 5), (2026, 10, 25), (2026, 11, 1)]),
+        offset=st.one_of(st.integers(-30 * 3600, 0), st.integers(-2 * 86400, 2 * 86400)),
+    )
+    def test_next_allowed_matches_a_minute_walk(self, start, length, not_on, zone, day, offset) -> None:
+        """The jumping search finds the same opening as walking minute by minute."""
+        sched = Schedule(only_between=(start, (start + length) % 1440), not_on=not_on)
+
+        def allowed(t: float) -> bool:
+            local = datetime.fromtimestamp(t, zone)
+            minute = local.hour * 60 + local.minute
+            s, e = sched.only_between
+            inside = s <= minute < e if s < e else (minute >= s or minute < e)
+            return inside and (local.weekday() + 1) % 7 not in not_on
+
+        t = at(UTC, *day) + offset + 0.5
+        expected = t
+        if not allowed(t):
+            expected = (int(t) // 60 + 1) * 60
+            while not allowed(expected):
+                expected += 60
+        self.assertEqual(next_allowed(t, sched, zone), expected)
 
 
 class ScheduleConfigTests(SynchronousTestCase, ConfigDirMixin):
