@@ -291,13 +291,18 @@ def next_allowed(t: float, sched: Schedule, zone: tzinfo) -> float:
     if sched.only_between is None and not sched.not_on:
         return t
     for _ in range(20_000):
-        wait = _minutes_to_window(datetime.fromtimestamp(t, zone), sched)
+        local = datetime.fromtimestamp(t, zone)
+        wait = _minutes_to_window(local, sched)
         if wait == 0:
             return t
         start_of_minute = math.floor(t / 60) * 60
-        # Jump most of the way at once; walk the last hour minute by minute
-        # so a DST change on the way cannot make it overshoot the opening.
-        t = start_of_minute + 60 * (wait - 60 if wait > 61 else 1)
+        # The naive wait is exact while the UTC offset holds; across a
+        # change of offset (which may skip the opening or repeat it) go in
+        # shorter steps, down to a minute.
+        step, offset = wait, local.utcoffset()
+        while step > 1 and datetime.fromtimestamp(start_of_minute + 60 * step, zone).utcoffset() != offset:
+            step //= 2
+        t = start_of_minute + 60 * step
     raise ValueError(f"schedule {sched.id}: its window never opens")
 
 
