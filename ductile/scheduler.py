@@ -12,9 +12,13 @@ Triggers (exactly one per schedule):
     fired).
   - C{after}: once, that long after the first start.  The due time is stored,
     so a restart does not push it back.
-One-shots are recorded C{exhausted} in C{schedule_entries} after firing and
-never fire again for that plugin and schedule id (as in ductile-go; give the
-schedule a new id to run it again).
+State lives in C{schedule_entries} (keyed by plugin and schedule id), as in
+ductile-go: a one-shot is recorded C{exhausted} after firing and never
+fires again (give the schedule a new id to run it again); a recurring
+schedule stores its next run, so a restart neither repeats a firing nor
+forgets one that fell due while the instance was down (that one runs once,
+at start; the stored time is dropped if the command changed, or for cron if
+it is not a slot of the current expression).
 
 C{only_between} / C{not_on} (read in C{timezone}, default UTC as in
 ductile-go) hold a due firing until the window opens; it then fires once.
@@ -55,8 +59,8 @@ class _Entry:
 
 class ScheduleStore:
     """
-    The C{schedule_entries} rows one-shot schedules need (contract §4.1):
-    their due time and whether they already fired.
+    The C{schedule_entries} rows (contract §4.1): each schedule's next run,
+    last firing, and whether a one-shot already fired.
     """
 
     def __init__(self, pool: Any, clock: IReactorTime) -> None:
@@ -145,51 +149,68 @@ class Scheduler:
 
     def start(self) -> defer.Deferred[None]:
         """
-        Arm every schedule.  Recurring ones are armed before this returns;
-        the returned Deferred fires once one-shots are armed too (they need
-        their stored state).
+        Arm every schedule from its stored state; the result fires once all
+        are armed.
         """
         self._running = True
-        now = self._clock.seconds()
-        one_shots = []
-        for entry in self.entries:
-            trigger = entry.schedule.trigger
-            if trigger == "every":
-                self._arm(entry, now + self._jitter(entry.schedule))
-            elif trigger == "cron":
-                assert entry.cron is not None
-                # The current minute counts if it matches (ductile-go fires a
-                # matching minute at its first look).
-                self._arm(entry, entry.cron.next_fire(math.floor(now / 60) * 60 - 1, entry.cron_zone))
-            else:
-                one_shots.append(entry)
-        if not one_shots:
-            return defer.succeed(None)
-        d = defer.ensureDeferred(self._arm_one_shots(one_shots, now))
-        d.addErrback(lambda f: self.log.failure("scheduler could not read one-shot schedule state", f))
+        d = defer.ensureDeferred(self._start(self._clock.seconds()))
+        d.addErrback(lambda f: self.log.failure("scheduler failed to start", f))
         return d
 
-    async def _arm_one_shots(self, entries: list[_Entry], now: float) -> None:
-        state = await self._store.load()
-        for entry in entries:
+    async def _start(self, now: float) -> None:
+        try:
+            state = await self._store.load()
+        except Exception:
+            # Recurring schedules still run (from scratch); one-shots wait
+            # for a restart rather than risk running twice.
+            self.log.failure("scheduler could not read schedule state; one-shot schedules are not armed")
+            state = None
+        for entry in self.entries:
             sched = entry.schedule
-            row = state.get((entry.plugin, sched.id))
-            if row is not None and row["status"] == EXHAUSTED:
-                self.log.info(
-                    "schedule {plugin}/{schedule_id} already fired once; not armed",
-                    plugin=entry.plugin, schedule_id=sched.id,
-                )
+            row = state.get((entry.plugin, sched.id)) if state is not None else None
+            if sched.trigger in ("at", "after"):
+                if state is not None:
+                    await self._arm_one_shot(entry, row, now)
                 continue
-            if sched.at is not None:
-                due = sched.at
-            elif row is not None and row["next_run_at"] is not None:
-                due = row["next_run_at"]
+            stored = row["next_run_at"] if row is not None and row["command"] == sched.command else None
+            if sched.trigger == "cron":
+                assert entry.cron is not None
+                zone = entry.cron_zone
+                if stored is not None and entry.cron.next_fire(stored - 1, zone) == stored:
+                    # Due while we were down: it runs once now (as in
+                    # ductile-go); otherwise at its slot.
+                    due = stored
+                else:
+                    # The current minute counts if it matches (ductile-go
+                    # fires a matching minute at its first look).
+                    due = entry.cron.next_fire(math.floor(now / 60) * 60 - 1, zone)
+            elif stored is not None:
+                # Overdue: once, at start (catch_up: skip); never later than
+                # one (maybe shortened) interval from now.
+                due = min(stored, now + sched.every + self._jitter(sched))
             else:
-                assert sched.after is not None
-                due = now + sched.after
+                due = now + self._jitter(sched)
+            self._arm(entry, due)
+            if due != stored:
                 await self._store.save(entry.plugin, sched.id, sched.command, next_run_at=due)
-            if self._running:
-                self._arm(entry, due)
+
+    async def _arm_one_shot(self, entry: _Entry, row: dict[str, Any] | None, now: float) -> None:
+        sched = entry.schedule
+        if row is not None and row["status"] == EXHAUSTED:
+            self.log.info(
+                "schedule {plugin}/{schedule_id} already fired once; not armed",
+                plugin=entry.plugin, schedule_id=sched.id,
+            )
+            return
+        if sched.at is not None:
+            due = sched.at
+        elif row is not None and row["next_run_at"] is not None:
+            due = row["next_run_at"]
+        else:
+            assert sched.after is not None
+            due = now + sched.after
+            await self._store.save(entry.plugin, sched.id, sched.command, next_run_at=due)
+        self._arm(entry, due)
 
     def stop(self) -> defer.Deferred[None]:
         """Disarm every schedule; the result fires once firings in progress finish."""
@@ -237,6 +258,7 @@ class Scheduler:
             self._arm(entry, opens)
             return
         one_shot = sched.trigger in ("at", "after")
+        fired = False
         try:
             if sched.if_running == "skip":
                 busy = await self._queue.list_jobs(
@@ -263,6 +285,7 @@ class Scheduler:
                 "schedule {plugin}/{schedule_id} enqueued {command} job {job_id}",
                 plugin=entry.plugin, schedule_id=sched.id, command=sched.command, job_id=result.job_id,
             )
+            fired = True
             if one_shot:
                 await self._store.save(
                     entry.plugin, sched.id, sched.command, status=EXHAUSTED, reason="one_shot_exhausted",
@@ -270,7 +293,14 @@ class Scheduler:
                 )
         finally:
             if not one_shot:
-                self._arm(entry, self._next(entry, now))
+                due = self._next(entry, now)
+                self._arm(entry, due)
+        if not one_shot:
+            # Remembered so a restart neither repeats this firing nor loses
+            # the next one.
+            await self._store.save(
+                entry.plugin, sched.id, sched.command, last_fired_at=now if fired else None, next_run_at=due
+            )
 
     def _next(self, entry: _Entry, now: float) -> float:
         sched = entry.schedule

@@ -197,6 +197,62 @@ class SchedulerTests(TestCase):
         self.assertEqual(len(await self._jobs()), 2)
         self.assertEqual(sched.entries[0].next_at, at(UTC, 2026, 5, 1, 11, 5))
 
+    # -- restarts ----------------------------------------------------------
+
+    async def test_cron_restart_in_the_same_minute_does_not_refire(self) -> None:
+        self.clock.advance(at(UTC, 2026, 5, 1, 10, 0, 5) - self.clock.seconds())
+        config = _config(cron="0 10 * * *", timezone="UTC", if_running="queue")
+        first = await self.restart(config)
+        await first.stop()
+        self.clock.advance(20)
+        second = await self.restart(config)
+        self.assertEqual(await self._times(), [at(UTC, 2026, 5, 1, 10, 0, 5)])
+        self.assertEqual(second.entries[0].next_at, at(UTC, 2026, 5, 2, 10))
+
+    async def test_cron_slot_missed_while_down_runs_once_at_start(self) -> None:
+        """As in ductile-go: the stored next run is due, so it runs at start, once."""
+        self.clock.advance(at(UTC, 2026, 5, 1, 12) - self.clock.seconds())
+        config = _config(cron="0 2 * * *", timezone="UTC", if_running="queue")
+        first = await self.restart(config)
+        self.assertEqual(first.entries[0].next_at, at(UTC, 2026, 5, 2, 2))
+        await first.stop()
+        self.clock.advance(at(UTC, 2026, 5, 4, 9) - self.clock.seconds())  # down for three nights
+        second = await self.restart(config)
+        self.assertEqual(await self._times(), [at(UTC, 2026, 5, 4, 9)])
+        self.assertEqual(second.entries[0].next_at, at(UTC, 2026, 5, 5, 2))
+
+    async def test_cron_stored_slot_of_another_expression_is_ignored(self) -> None:
+        self.clock.advance(at(UTC, 2026, 5, 1, 12) - self.clock.seconds())
+        first = await self.restart(_config(cron="0 2 * * *", timezone="UTC"))
+        await first.stop()
+        second = await self.restart(_config(cron="0 3 * * *", timezone="UTC"))
+        self.assertEqual(second.entries[0].next_at, at(UTC, 2026, 5, 2, 3))
+        await second.stop()
+        third = await self.restart(_config(cron="0 3 * * *", timezone="UTC", command="sync"))
+        self.assertEqual(third.entries[0].next_at, at(UTC, 2026, 5, 2, 3))
+        self.assertEqual(await self._jobs(), [])
+
+    async def test_every_restart_keeps_its_rhythm(self) -> None:
+        """
+        A restart before the next run waits for it; one after it runs once at
+        start; a stored time beyond a (shortened) interval is brought forward.
+        """
+        config = _config(every=3600.0, if_running="queue")
+        first = await self.restart(config)
+        self.assertEqual(await self._times(), [self.START])
+        await first.stop()
+        self.clock.advance(600)
+        second = await self.restart(config)
+        self.assertEqual(second.entries[0].next_at, self.START + 3600)
+        await second.stop()
+        self.clock.advance(7200)
+        third = await self.restart(config)
+        self.assertEqual(await self._times(), [self.START, self.START + 7800])
+        await third.stop()
+        fourth = await self.restart(_config(every=60.0, if_running="queue"))
+        self.assertEqual(fourth.entries[0].next_at, self.START + 7800 + 60)
+        self.assertEqual(len(await self._jobs()), 2)
+
     # -- one-shots ---------------------------------------------------------
 
     async def restart(self, config: Config) -> Scheduler:

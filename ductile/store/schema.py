@@ -113,8 +113,8 @@ MIGRATIONS: tuple[str, ...] = (
         VALUES (NEW.id, NULL, 'queued', 'enqueued', NEW.created_at);
     END
     """,
-    # 4: schedule state (contract §4.1): a one-shot (at/after) schedule's due
-    # time, and "exhausted" once it fired, so a restart does not rerun it.
+    # 4: schedule state (contract §4.1): each schedule's next run and last
+    # firing; a one-shot (at/after) is "exhausted" once it fired.
     """
     CREATE TABLE schedule_entries (
         plugin TEXT NOT NULL,
