@@ -114,8 +114,8 @@ class Scheduler:
         zone: tzinfo | None = None,
     ) -> None:
         """
-        @param store: where one-shot state lives; by default the queue's
-            database.
+        @param store: where schedule state lives; by default the queue's
+            database (its pool).
         @param zone: the local zone for C{cron} schedules without a
             C{timezone} (default: found as Go finds C{time.Local}).
         """
@@ -260,37 +260,14 @@ class Scheduler:
         one_shot = sched.trigger in ("at", "after")
         fired = False
         try:
-            if sched.if_running == "skip":
-                busy = await self._queue.list_jobs(
-                    status=(QUEUED, RUNNING), plugin=entry.plugin, command=sched.command, limit=1
-                )
-                if busy:
-                    self.log.info(
-                        "schedule {plugin}/{schedule_id} skipped: {command} still {status}",
-                        plugin=entry.plugin, schedule_id=sched.id, command=sched.command, status=busy[0]["status"],
-                    )
-                    if one_shot:  # a one-shot is not lost: it tries again a tick later
-                        self._arm(entry, now + self._config.service.tick_interval)
-                    return
-            settings = self._config.plugin_config(entry.plugin)
-            [result] = await self._queue.enqueue(
-                [
-                    JobSpec(
-                        entry.plugin, sched.command, dict(sched.payload), submitted_by=f"schedule:{sched.id}",
-                        max_attempts=settings.retry.max_attempts,
-                    )
-                ]
-            )
-            self.log.info(
-                "schedule {plugin}/{schedule_id} enqueued {command} job {job_id}",
-                plugin=entry.plugin, schedule_id=sched.id, command=sched.command, job_id=result.job_id,
-            )
-            fired = True
-            if one_shot:
+            fired = await self._enqueue(entry)
+            if one_shot and fired:
                 await self._store.save(
                     entry.plugin, sched.id, sched.command, status=EXHAUSTED, reason="one_shot_exhausted",
                     last_fired_at=now,
                 )
+            elif one_shot:  # a one-shot is not lost: it tries again a tick later
+                self._arm(entry, now + self._config.service.tick_interval)
         finally:
             if not one_shot:
                 due = self._next(entry, now)
@@ -301,6 +278,34 @@ class Scheduler:
             await self._store.save(
                 entry.plugin, sched.id, sched.command, last_fired_at=now if fired else None, next_run_at=due
             )
+
+    async def _enqueue(self, entry: _Entry) -> bool:
+        """Enqueue the schedule's job; C{False} if C{if_running: skip} dropped it."""
+        sched = entry.schedule
+        if sched.if_running == "skip":
+            busy = await self._queue.list_jobs(
+                status=(QUEUED, RUNNING), plugin=entry.plugin, command=sched.command, limit=1
+            )
+            if busy:
+                self.log.info(
+                    "schedule {plugin}/{schedule_id} skipped: {command} still {status}",
+                    plugin=entry.plugin, schedule_id=sched.id, command=sched.command, status=busy[0]["status"],
+                )
+                return False
+        settings = self._config.plugin_config(entry.plugin)
+        [result] = await self._queue.enqueue(
+            [
+                JobSpec(
+                    entry.plugin, sched.command, dict(sched.payload), submitted_by=f"schedule:{sched.id}",
+                    max_attempts=settings.retry.max_attempts,
+                )
+            ]
+        )
+        self.log.info(
+            "schedule {plugin}/{schedule_id} enqueued {command} job {job_id}",
+            plugin=entry.plugin, schedule_id=sched.id, command=sched.command, job_id=result.job_id,
+        )
+        return True
 
     def _next(self, entry: _Entry, now: float) -> float:
         sched = entry.schedule

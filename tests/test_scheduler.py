@@ -96,12 +96,17 @@ class SchedulerTests(TestCase):
         self.assertEqual(sched.entries[0].next_at, self.START + 10.0 + 65.0)
 
     async def test_if_running_skip(self) -> None:
-        """With if_running: skip, a firing while the last poll is queued is dropped."""
+        """
+        With if_running: skip, a firing while the last poll is queued is
+        dropped, and the next run is stored all the same.
+        """
         sched = self.scheduler(_config(every=60.0))
         await sched.start()
         await self.advance(sched, 0)
         await self.advance(sched, 60)
         self.assertEqual(len(await self._jobs()), 1)
+        rows = await self.pool.runQuery("SELECT last_fired_at, next_run_at FROM schedule_entries")
+        self.assertEqual([tuple(r) for r in rows], [(self.START, self.START + 120)])
         await self._finish_all()
         await self.advance(sched, 60)
         self.assertEqual(len(await self._jobs()), 2)
