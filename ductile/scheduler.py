@@ -18,7 +18,9 @@ fires again (give the schedule a new id to run it again); a recurring
 schedule stores its next run, so a restart neither repeats a firing nor
 forgets one that fell due while the instance was down (that one runs once,
 at start; the stored time is dropped if the command changed, or for cron if
-it is not a slot of the current expression).
+it is not a slot of the current expression).  C{catch_up: run_all} on an
+C{every} schedule enqueues one job per missed interval instead (at most
+100); C{skip} and C{run_once} both give the one run, as in ductile-go.
 
 C{only_between} / C{not_on} (read in C{timezone}, default UTC as in
 ductile-go) hold a due firing until the window opens; it then fires once.
@@ -44,6 +46,15 @@ from ductile.queue import QUEUED, RUNNING, JobQueue, JobSpec
 
 ACTIVE = "active"
 EXHAUSTED = "exhausted"
+#: Most runs C{catch_up: run_all} enqueues at start (ductile-go's cap).
+CATCH_UP_MAX = 100
+
+
+def missed_runs(last_fired: float, now: float, every: float) -> int:
+    """Whole intervals that fell due after C{last_fired} up to C{now} (Go's countMissedRuns)."""
+    if every <= 0 or now < last_fired + every:
+        return 0
+    return int((now - last_fired - every) // every) + 1
 
 
 @attrs.define(eq=False)
@@ -185,14 +196,42 @@ class Scheduler:
                     # fires a matching minute at its first look).
                     due = entry.cron.next_fire(math.floor(now / 60) * 60 - 1, zone)
             elif stored is not None:
-                # Overdue: once, at start (catch_up: skip); never later than
-                # one (maybe shortened) interval from now.
-                due = min(stored, now + sched.every + self._jitter(sched))
+                last = row["last_fired_at"] if row is not None else None
+                missed = missed_runs(last, now, sched.every) if last is not None else 0
+                if sched.catch_up == "run_all" and missed > 1:
+                    due = await self._catch_up(entry, last, missed)
+                else:
+                    # Overdue: once, at start (skip and run_once alike, as
+                    # in ductile-go); never later than one (maybe shortened)
+                    # interval from now.
+                    due = min(stored, now + sched.every + self._jitter(sched))
             else:
                 due = now + self._jitter(sched)
             self._arm(entry, due)
             if due != stored:
                 await self._store.save(entry.plugin, sched.id, sched.command, next_run_at=due)
+
+    async def _catch_up(self, entry: _Entry, last: float, missed: int) -> float:
+        """
+        C{catch_up: run_all}: one job per interval missed while down (at most
+        L{CATCH_UP_MAX}), enqueued at once whatever C{if_running} says, as
+        ductile-go does; returns the next regular run.
+        """
+        sched = entry.schedule
+        count = min(missed, CATCH_UP_MAX)
+        settings = self._config.plugin_config(entry.plugin)
+        spec = JobSpec(
+            entry.plugin, sched.command, dict(sched.payload), submitted_by=f"schedule:{sched.id}",
+            max_attempts=settings.retry.max_attempts,
+        )
+        await self._queue.enqueue([spec] * count)
+        self.log.info(
+            "schedule {plugin}/{schedule_id} caught up {count} of {missed} missed runs",
+            plugin=entry.plugin, schedule_id=sched.id, count=count, missed=missed,
+        )
+        fired = last + count * sched.every
+        await self._store.save(entry.plugin, sched.id, sched.command, last_fired_at=fired, next_run_at=None)
+        return fired + sched.every
 
     async def _arm_one_shot(self, entry: _Entry, row: dict[str, Any] | None, now: float) -> None:
         sched = entry.schedule

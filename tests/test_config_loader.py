@@ -532,7 +532,7 @@ class ValueTests(SynchronousTestCase, ConfigDirMixin):
         self.assertIs(type(first.payload["a"]), int)
         self.assertEqual(echo.schedules[1].every, 86400.0)
         self.assertEqual((echo.schedules[2].trigger, echo.schedules[2].cron), ("cron", "0 * * * *"))
-        self.assertWarning(config.warnings, "plugins.echo.schedules[3].catch_up", "not implemented")
+        self.assertEqual(echo.schedules[3].catch_up, "run_once")
 
     def test_schedule_errors(self) -> None:
         error = self.fails(

@@ -68,7 +68,7 @@ class SchedulerTests(TestCase):
                 return
 
     async def _jobs(self) -> list[dict]:
-        return await self.queue.list_jobs(plugin="poller", limit=100)
+        return await self.queue.list_jobs(plugin="poller", limit=1000)
 
     async def _times(self) -> list[float]:
         return sorted(j["created_at"] for j in await self._jobs())
@@ -257,6 +257,33 @@ class SchedulerTests(TestCase):
         fourth = await self.restart(_config(every=60.0, if_running="queue"))
         self.assertEqual(fourth.entries[0].next_at, self.START + 7800 + 60)
         self.assertEqual(len(await self._jobs()), 2)
+
+    async def test_catch_up(self) -> None:
+        """
+        Down for 5.5 intervals: skip and run_once run once at start; run_all
+        runs the 5 missed slots at once (if_running notwithstanding, as
+        ductile-go) and resumes on the grid.
+        """
+        for policy, expected in (("skip", 1), ("run_once", 1), ("run_all", 5)):
+            with self.subTest(policy=policy):
+                self.queue, self.pool, self.path = make_queue(self, self.clock)
+                first = await self.restart(_config(every=3600.0))
+                await first.stop()
+                await self._finish_all()
+                self.clock.advance(5.5 * 3600)
+                second = await self.restart(_config(every=3600.0, catch_up=policy))
+                self.assertEqual(len(await self._jobs()) - 1, expected)
+                if policy == "run_all":
+                    self.assertEqual(second.entries[0].next_at, self.clock.seconds() + 1800)
+                await second.stop()
+
+    async def test_catch_up_is_capped(self) -> None:
+        first = await self.restart(_config(every=60.0))
+        await first.stop()
+        await self._finish_all()
+        self.clock.advance(3 * 3600)
+        await self.restart(_config(every=60.0, catch_up="run_all"))
+        self.assertEqual(len(await self._jobs()), 1 + 100)
 
     # -- one-shots ---------------------------------------------------------
 
@@ -476,11 +503,10 @@ class ScheduleConfigTests(SynchronousTestCase, ConfigDirMixin):
             '      - {cron: "0 * * * *", jitter: 30s, catch_up: run_once}\n'
             "      - {id: e, every: 1h, catch_up: run_all}\n"
         )
-        self.assertEqual(schedules[0].jitter, 0.0)
+        self.assertEqual((schedules[0].jitter, schedules[0].catch_up), (0.0, "skip"))
+        self.assertEqual(schedules[1].catch_up, "run_all")
         self.assertEqual(list(warnings), [
             "config.yaml: plugins.backup.schedules[0].jitter: applies only to every schedules (as in ductile-go);"
             " ignored for cron",
             "config.yaml: plugins.backup.schedules[0].catch_up: applies only to every schedules; ignored for cron",
-            "config.yaml: plugins.backup.schedules[1].catch_up: run_all is not implemented by ductile; missed runs"
-            " are skipped",
         ])

@@ -58,6 +58,9 @@ class Schedule:
     only_between: tuple[int, int] | None = None
     #: C{not_on} weekdays, 0 = Sunday.
     not_on: frozenset[int] = frozenset()
+    #: skip | run_once | run_all: what an C{every} schedule does at start
+    #: about runs missed while the instance was down.
+    catch_up: str = "skip"
 
     @property
     def trigger(self) -> str:

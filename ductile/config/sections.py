@@ -317,10 +317,10 @@ def _schedule(at: At, file: str, prefix: str) -> Schedule | None:
     catch_up = at.text("catch_up", "skip") or "skip"
     if catch_up not in _CATCH_UP:
         at.invalid("catch_up", catch_up, "expected skip, run_once or run_all")
+        catch_up = "skip"
     elif trigger != "every" and at.has("catch_up"):
         at.warn("catch_up", f"applies only to every schedules; ignored for {trigger}")
-    elif catch_up != "skip":
-        at.warn("catch_up", f"{catch_up} is not implemented by ductile; missed runs are skipped")
+        catch_up = "skip"
 
     command = at.text("command", "poll") or "poll"
     if command == "handle":
@@ -349,6 +349,7 @@ def _schedule(at: At, file: str, prefix: str) -> Schedule | None:
         timezone=zone,
         only_between=only_between,
         not_on=not_on,
+        catch_up=catch_up,
     )
 
 
