@@ -525,14 +525,14 @@ class ValueTests(SynchronousTestCase, ConfigDirMixin):
         self.assertEqual(echo.timeout_for("poll"), 5.0)
         self.assertEqual(echo.timeout_for("sync"), 120.0)
         self.assertEqual(echo.timeout_for("handle"), 120.0)
-        self.assertEqual([s.id for s in echo.schedules], ["default", "nightly", "caught"])
+        self.assertEqual([s.id for s in echo.schedules], ["default", "nightly", "cronned", "caught"])
         first = echo.schedules[0]
         self.assertEqual((first.every, first.jitter, first.command, first.if_running), (300.0, 10.0, "poll", "queue"))
         self.assertEqual(first.payload, {"a": 1})
         self.assertIs(type(first.payload["a"]), int)
         self.assertEqual(echo.schedules[1].every, 86400.0)
-        self.assertWarning(config.warnings, "plugins.echo.schedules[2].cron", "not implemented")
-        self.assertWarning(config.warnings, "plugins.echo.schedules[3].catch_up", "not implemented")
+        self.assertEqual((echo.schedules[2].trigger, echo.schedules[2].cron), ("cron", "0 * * * *"))
+        self.assertEqual(echo.schedules[3].catch_up, "run_once")
 
     def test_schedule_errors(self) -> None:
         error = self.fails(
@@ -874,11 +874,11 @@ class GoFullConfigTests(SynchronousTestCase, ConfigDirMixin):
             assert config.remote_ingress is not None
             self.assertEqual(config.remote_ingress.peers[0].keys[0].key_id, "v1")
             echo = config.plugins["echo"]
-            self.assertEqual([s.id for s in echo.schedules], ["tick"])
+            self.assertEqual([s.id for s in echo.schedules], ["tick", "nightly", "once"])
             self.assertEqual(echo.schedules[0].if_running, "skip")
             self.assertEqual(echo.timeout_for("handle"), 120.0)
             self.assertEqual(len(config.pipelines), 1)
             for key in ("secrets", "webhooks", "routes", "accounts", "tcc_paths", "plugins.echo.circuit_breaker",
-                        "plugins.echo.schedules[1].cron", "plugins.echo.schedules[2].at", "service.admission.require_api_auth"):
+                        "service.admission.require_api_auth"):
                 self.assertWarning(config.warnings, f"config.yaml: {key}:", "not implemented")
             self.assertFalse([w for w in config.warnings if "unknown key" in w])

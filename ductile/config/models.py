@@ -36,7 +36,11 @@ class RetryPolicy:
 
 @attrs.frozen
 class Schedule:
-    """One C{plugins.<n>.schedules[]} entry; C{every} in seconds."""
+    """
+    One C{plugins.<n>.schedules[]} entry.  Exactly one trigger is set:
+    C{cron} (text), C{at} (epoch seconds) or C{after} (seconds after start);
+    when none is, C{every} (seconds) applies.
+    """
 
     id: str = "default"
     every: float = 3600.0
@@ -44,6 +48,30 @@ class Schedule:
     command: str = "poll"
     payload: Mapping[str, Any] = attrs.field(factory=dict)
     if_running: str = "skip"  # skip | queue
+    cron: str | None = None
+    at: float | None = None
+    after: float | None = None
+    #: IANA zone name for C{cron} and the windows; "" is Go's default
+    #: (local time for cron, UTC for only_between/not_on).
+    timezone: str = ""
+    #: C{only_between} as (start, end) minutes of the day; end < start wraps midnight.
+    only_between: tuple[int, int] | None = None
+    #: C{not_on} weekdays, 0 = Sunday.
+    not_on: frozenset[int] = frozenset()
+    #: skip | run_once | run_all: what an C{every} schedule does at start
+    #: about runs missed while the instance was down.
+    catch_up: str = "skip"
+
+    @property
+    def trigger(self) -> str:
+        """C{every}, C{cron}, C{at} or C{after}."""
+        if self.cron is not None:
+            return "cron"
+        if self.at is not None:
+            return "at"
+        if self.after is not None:
+            return "after"
+        return "every"
 
 
 @attrs.frozen

@@ -45,7 +45,7 @@ _SCHEDULE: Mapping[str, Node] = {
     "command": ANY,
     "payload": ANY,
     "if_running": ANY,
-    # Checked (and warned about) by the schedule builder.
+    # Checked by the schedule builder (ductile/config/sections.py).
     "cron": ANY,
     "at": ANY,
     "after": ANY,

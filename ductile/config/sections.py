@@ -5,9 +5,11 @@ plugins (with schedules), admin.manhole and pipelines.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from typing import Any
 
 from ductile.config.durations import EVERY_EXPECTED, parse_every
+from ductile.cron import CronError, load_zone, parse_cron
 from ductile.config.fields import At
 from ductile.config.interpolate import unresolved_vars
 from ductile.config.merge import Located
@@ -25,9 +27,10 @@ from ductile.config.models import (
     Token,
     default_max_workers,
 )
-from ductile.config.report import Report, Silent
+from ductile.config.report import Report, Silent, show_value
 from ductile.config.yamlsafe import plain, scalar_text
 from ductile.events import INSTANCE_NAME
+from ductile.timestamps import parse_rfc3339
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
@@ -224,8 +227,16 @@ def _plugin(name: str, at: At) -> PluginConfig:
     )
 
 
-_UNSUPPORTED_TRIGGERS = ("cron", "at", "after")
-_UNSUPPORTED_OPTIONS = ("catch_up", "only_between", "timezone", "not_on")
+_TRIGGERS = ("every", "cron", "at", "after")
+_CATCH_UP = ("skip", "run_once", "run_all")
+_WEEKDAY_NAMES = {
+    "sun": 0, "sunday": 0, "mon": 1, "monday": 1, "tue": 2, "tues": 2, "tuesday": 2,
+    "wed": 3, "wednesday": 3, "thu": 4, "thurs": 4, "thursday": 4, "fri": 5, "friday": 5,
+    "sat": 6, "saturday": 6,
+}
+AT_EXPECTED = "expected an RFC 3339 time such as 2026-05-03T10:00:00Z or 2026-05-03T20:00:00+10:00"
+ONLY_BETWEEN_EXPECTED = 'expected "HH:MM-HH:MM" (24-hour local times, e.g. 08:00-18:00 or 22:00-06:00)'
+NOT_ON_EXPECTED = "expected a list of weekdays: names (mon, tuesday) or numbers 0-6 (7 is also Sunday)"
 
 
 def _schedules(plugin: At) -> tuple[Schedule, ...]:
@@ -241,52 +252,176 @@ def _schedules(plugin: At) -> tuple[Schedule, ...]:
         prefix = plugin.key("schedules") + f"[{i}]"
         file = plugin.file("schedules")
         if not isinstance(entry, dict):
-            plugin.report.invalid(file, prefix, entry, "expected a mapping with every: ...")
+            plugin.report.invalid(file, prefix, entry, "expected a mapping with every:, cron:, at: or after:")
             continue
         at = At.in_file(entry, prefix, file, plugin.report)
-        triggers = [t for t in _UNSUPPORTED_TRIGGERS if at.has(t)]
-        if triggers:
-            at.warn(triggers[0], f"{triggers[0]} schedules are not implemented by ductile; this schedule is ignored")
+        schedule = _schedule(at, file, prefix)
+        if schedule is None:
             continue
-        for option in _UNSUPPORTED_OPTIONS:
-            if at.has(option):
-                at.warn(option, f"{option} is not implemented by ductile; ignored")
-        if not at.has("every"):
-            at.error("every", f"is required ({EVERY_EXPECTED})")
+        if schedule.id in ids:
+            at.error("id", f'duplicate schedule id "{schedule.id}"')
             continue
+        ids.add(schedule.id)
+        out.append(schedule)
+    return tuple(out)
+
+
+def _schedule(at: At, file: str, prefix: str) -> Schedule | None:
+    """One schedule entry, or C{None} after reporting why it cannot run."""
+    triggers = [t for t in _TRIGGERS if at.has(t)]
+    if not triggers:
+        at.error("every", f"is required ({EVERY_EXPECTED}), unless the schedule sets cron:, at: or after:")
+        return None
+    if len(triggers) > 1:
+        at.report.error(
+            file, prefix, f"sets {' and '.join(triggers)}; expected exactly one of every, cron, at or after"
+        )
+        return None
+    trigger = triggers[0]
+    ok = True
+    every, cron, when, after = 3600.0, None, None, None
+    if trigger == "every":
         try:
             every = parse_every(at.raw("every"))
         except ValueError as e:
             at.invalid("every", at.raw("every"), str(e))
+            ok = False
+    elif trigger == "cron":
+        text = at.raw("cron")
+        try:
+            if not isinstance(text, str):
+                raise CronError('expected a cron expression such as "30 2 * * *" (a string)')
+            parse_cron(text)
+            cron = text.strip()
+        except CronError as e:
+            at.error("cron", f"{show_value(text)}: {e}")
+            ok = False
+    elif trigger == "at":
+        when = _at_time(at)
+        ok = when is not None
+    else:
+        after = at.duration("after", -1.0, positive=True)
+        if after < 0:
+            after, ok = None, False
+
+    zone = at.text("timezone", "")
+    if zone:
+        try:
+            load_zone(zone)
+        except ValueError as e:
+            at.error("timezone", str(e))
+            ok = False
+    only_between = _only_between(at)
+    not_on = _not_on(at)
+    jitter = at.duration("jitter", 0.0)
+    if jitter and trigger != "every":
+        at.warn("jitter", f"applies only to every schedules (as in ductile-go); ignored for {trigger}")
+        jitter = 0.0
+    catch_up = at.text("catch_up", "skip") or "skip"
+    if catch_up not in _CATCH_UP:
+        at.invalid("catch_up", catch_up, "expected skip, run_once or run_all")
+        catch_up = "skip"
+    elif trigger != "every" and at.has("catch_up"):
+        at.warn("catch_up", f"applies only to every schedules; ignored for {trigger}")
+        catch_up = "skip"
+
+    command = at.text("command", "poll") or "poll"
+    if command == "handle":
+        at.invalid("command", command, "schedules may not run handle (it is for events); use poll or a custom command")
+        ok = False
+    if_running = at.text("if_running", "skip") or "skip"
+    if if_running == "cancel":
+        at.warn("if_running", 'cancel is not implemented by ductile; using "skip"')
+        if_running = "skip"
+    elif if_running not in ("skip", "queue"):
+        at.invalid("if_running", if_running, "expected skip or queue")
+        if_running = "skip"
+    payload = plain(at.mapping("payload") or {})
+    if not ok:
+        return None
+    return Schedule(
+        id=at.text("id", "default") or "default",
+        every=every,
+        jitter=jitter,
+        command=command,
+        payload=payload,
+        if_running=if_running,
+        cron=cron,
+        at=when,
+        after=after,
+        timezone=zone,
+        only_between=only_between,
+        not_on=not_on,
+        catch_up=catch_up,
+    )
+
+
+def _at_time(at: At) -> float | None:
+    raw = at.raw("at")
+    if isinstance(raw, datetime):  # an unquoted YAML timestamp
+        if raw.tzinfo is None:
+            at.invalid("at", str(raw), AT_EXPECTED + " (with a zone offset)")
+            return None
+        return raw.timestamp()
+    if isinstance(raw, str):
+        try:
+            return parse_rfc3339(raw.strip())
+        except ValueError:
+            pass
+    at.invalid("at", raw, AT_EXPECTED)
+    return None
+
+
+def _clock_minutes(text: str) -> int:
+    hours, colon, minutes = text.strip().partition(":")
+    if not colon or not hours.isdigit() or len(hours) > 2 or not minutes.isdigit() or len(minutes) != 2:
+        raise ValueError(text)
+    h, m = int(hours), int(minutes)
+    if h > 23 or m > 59:
+        raise ValueError(text)
+    return h * 60 + m
+
+
+def _only_between(at: At) -> tuple[int, int] | None:
+    if not at.has("only_between"):
+        return None
+    raw = at.raw("only_between")
+    text = raw if isinstance(raw, str) else ""
+    parts = text.split("-")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        start, end = _clock_minutes(parts[0]), _clock_minutes(parts[1])
+    except ValueError:
+        at.invalid("only_between", raw, ONLY_BETWEEN_EXPECTED)
+        return None
+    if start == end:
+        at.invalid("only_between", raw, "start and end must differ; " + ONLY_BETWEEN_EXPECTED)
+        return None
+    return (start, end)
+
+
+def _not_on(at: At) -> frozenset[int]:
+    raw = at.raw("not_on")
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list):
+        at.invalid("not_on", raw, NOT_ON_EXPECTED)
+        return frozenset()
+    days: set[int] = set()
+    for j, item in enumerate(raw):
+        day: int | None = None
+        if isinstance(item, str):
+            day = _WEEKDAY_NAMES.get(item.strip().lower())
+        elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 7:
+            day = item % 7
+        elif isinstance(item, float) and item.is_integer() and 0 <= item <= 7:
+            day = int(item) % 7
+        if day is None:
+            at.report.invalid(at.file("not_on"), f"{at.key('not_on')}[{j}]", item, NOT_ON_EXPECTED)
             continue
-        sid = at.text("id", "default") or "default"
-        if sid in ids:
-            at.error("id", f'duplicate schedule id "{sid}"')
-            continue
-        ids.add(sid)
-        command = at.text("command", "poll") or "poll"
-        if command == "handle":
-            at.invalid("command", command, "schedules may not run handle (it is for events); use poll or a custom command")
-            continue
-        if_running = at.text("if_running", "skip") or "skip"
-        if if_running == "cancel":
-            at.warn("if_running", 'cancel is not implemented by ductile; using "skip"')
-            if_running = "skip"
-        elif if_running not in ("skip", "queue"):
-            at.invalid("if_running", if_running, "expected skip or queue")
-            if_running = "skip"
-        payload = plain(at.mapping("payload") or {})
-        out.append(
-            Schedule(
-                id=sid,
-                every=every,
-                jitter=at.duration("jitter", 0.0),
-                command=command,
-                payload=payload,
-                if_running=if_running,
-            )
-        )
-    return tuple(out)
+        days.add(day)
+    return frozenset(days)
 
 
 def build_manhole(at: At | None, config_dir: str, home: str) -> ManholeConfig | None:

@@ -113,6 +113,23 @@ MIGRATIONS: tuple[str, ...] = (
         VALUES (NEW.id, NULL, 'queued', 'enqueued', NEW.created_at);
     END
     """,
+    # 4: schedule state (contract §4.1): each schedule's next run and last
+    # firing; a one-shot (at/after) is "exhausted" once it fired.
+    """
+    CREATE TABLE schedule_entries (
+        plugin TEXT NOT NULL,
+        schedule_id TEXT NOT NULL,
+        command TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        reason TEXT,
+        last_fired_at REAL,
+        last_success_job_id TEXT,
+        last_success_at REAL,
+        next_run_at REAL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (plugin, schedule_id)
+    );
+    """,
 )
 
 
