@@ -178,10 +178,11 @@ class DuctileService(service.Service):
         self.started.callback(self)
 
     def _start_scheduler(self) -> None:
-        from ductile.scheduler import Scheduler
+        from ductile.scheduler import Scheduler, ScheduleStore
 
         assert self.queue is not None
-        self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
+        self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins,
+                                   store=ScheduleStore(self.pool, self.reactor))
         self.scheduler.start()
 
     async def _prune(self) -> None:
@@ -218,7 +219,8 @@ class DuctileService(service.Service):
         if self.manhole is not None and self.manhole.running:
             await self.manhole.stopService()
         if self.scheduler is not None:
-            self.scheduler.stop()
+            # A firing's enqueue in flight finishes before the pool closes.
+            await self.scheduler.stop()
         if self.metrics_port is not None:
             await self.metrics_port.stopListening()
         if self.port is not None:
