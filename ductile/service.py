@@ -11,7 +11,9 @@ close the database.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import weakref
 from typing import Any
 
 from twisted.application import service
@@ -24,6 +26,7 @@ from ductile.executor import RELAY_PLUGIN, JobExecutor
 from ductile.instance import Instance
 from ductile.metrics import Metrics
 from ductile.queue import JobQueue
+from ductile.reload import REMOVED_PLUGIN_REASON, Reloader, ReloadPlan
 from ductile.store.lock import StateLock
 from ductile.store.pool import open_pool, prepare_database
 from ductile.store.writer import GroupCommitWriter
@@ -58,6 +61,11 @@ class DuctileService(service.Service):
         self.queue: JobQueue | None = None
         self.dispatcher: Dispatcher | None = None
         self.executor: JobExecutor | None = None
+        #: Every executor a reload replaced while its jobs may still run: a
+        #: shutdown that cuts them short must tell each of them.
+        self._executors: weakref.WeakSet[JobExecutor] = weakref.WeakSet()
+        self._caps: dict[str, int] = {}
+        self.ingress_resource: Any = None
         self.runner: Any = None
         self.sender: Any = None
         self.scheduler: Any = None
@@ -74,6 +82,10 @@ class DuctileService(service.Service):
             # opens; the namespace is read per session, once the queue exists.
             self.manhole = build_manhole_service(reactor, self.config.manhole, lambda: admin_namespace(self))
         self.started = defer.Deferred()
+        self.reloader = Reloader(
+            reactor, lambda: self.instance, self.swap_instance,
+            running=lambda: self.running and self.started.called and self.queue is not None,
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -124,21 +136,22 @@ class DuctileService(service.Service):
         if any(i.enabled for i in cfg.instances):
             self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled],
                                       max_persistent=max(4, cfg.service.max_workers))
-        self.executor = executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
-                               self.instance.router, self.sender, metrics=self.metrics)
-        # The config and the loaded plugins are fixed for the service's life,
-        # so the caps are worked out once, not on every claim.
-        caps = self._plugin_caps()
-        self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, lambda: caps)
+        self.executor = self._new_executor()
+        # The caps change only with a reload, so they are worked out then,
+        # not on every claim.
+        self._caps = self._plugin_caps()
+        self.dispatcher = Dispatcher(self.reactor, self.queue, self._execute, cfg.service.max_workers,
+                                     lambda: self._caps)
 
         ingress = cfg.remote_ingress
         self.ingress_stats = IngressStats()
         self.api = Api(self.reactor, cfg, self.queue, self.instance.plugins, self.instance.router,
-                       metrics=self.metrics, ingress_stats=self.ingress_stats if ingress is not None else None)
+                       metrics=self.metrics, ingress_stats=self.ingress_stats if ingress is not None else None,
+                       reloader=self.reload)
         root = self.api.resource()
         if ingress is not None:
             acceptor = RelayAcceptor(cfg, self.instance.router, self.queue)
-            mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)
+            self.ingress_resource = mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)
         self.site = DuctileSite(
             root,
             body_limit_for=ingress_body_limit_for(ingress, cfg.api.max_body_size, self.ingress_stats),
@@ -181,8 +194,75 @@ class DuctileService(service.Service):
         from ductile.scheduler import Scheduler
 
         assert self.queue is not None
+        previous = self.scheduler
+        if previous is not None:
+            previous.stop()
         self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
+        if previous is not None:
+            # A schedule the reload left as it was keeps its next firing time
+            # (Go keeps next_run_at in the database); a new or changed one
+            # starts afresh, as at startup.
+            kept = {(e.plugin, e.schedule): e.next_at for e in getattr(previous, "entries", ())}
+            for entry in getattr(self.scheduler, "entries", ()):
+                if (entry.plugin, entry.schedule) in kept:
+                    entry.next_at = kept[(entry.plugin, entry.schedule)]
         self.scheduler.start()
+
+    def _new_executor(self) -> JobExecutor:
+        assert self.queue is not None
+        executor = JobExecutor(self.reactor, self.queue, self.config, self.instance.plugins, self.runner,
+                               self.instance.router, self.sender, metrics=self.metrics)
+        self._executors.add(executor)
+        return executor
+
+    def _execute(self, job: Any) -> Any:
+        # Looked up per job: a job claimed after a reload runs under the new
+        # config; one already running keeps the executor it started with.
+        assert self.executor is not None
+        return self.executor(job)
+
+    # -- reload -------------------------------------------------------------
+
+    def reload(self) -> defer.Deferred[dict[str, Any]]:
+        """
+        Load the config file again and put it in service without a restart
+        (see L{ductile.reload}).  Fires with the report; fails with
+        L{ductile.reload.ReloadError} (old config still running) when the new
+        one does not load or check.
+        """
+        return self.reloader.reload()
+
+    def swap_instance(self, instance: Instance, plan: ReloadPlan) -> defer.Deferred[list[str]]:
+        """
+        Put a checked instance in service, all at once: no Deferred is
+        awaited until every part uses it.  Then the queued jobs of plugins it
+        no longer loads are made dead (contract §4.2); fires with their ids.
+        """
+        from ductile.relay.acceptor import RelayAcceptor
+        from ductile.relay.sender import RelaySender
+
+        assert self.queue is not None and self.dispatcher is not None and self.api is not None
+        old = self.instance
+        cfg = instance.config
+        self.instance = instance
+        self.config = cfg
+        enabled = [i for i in cfg.instances if i.enabled]
+        if self.sender is not None:
+            self.sender.update_instances(enabled)
+        elif enabled:
+            self.sender = RelaySender(self.reactor, cfg.service.name, enabled,
+                                      max_persistent=max(4, cfg.service.max_workers))
+        self.executor = self._new_executor()
+        self.dispatcher.max_workers = max(1, cfg.service.max_workers)
+        self._caps = self._plugin_caps()
+        self.queue.dedupe_ttl = cfg.service.dedupe_ttl
+        self.api.reconfigure(cfg, instance.plugins, instance.router)
+        if self.ingress_resource is not None and cfg.remote_ingress is not None:
+            self.ingress_resource.reconfigure(cfg.remote_ingress, RelayAcceptor(cfg, instance.router, self.queue))
+        self._start_scheduler()
+        self.dispatcher.kick()
+        gone = [name for name in old.plugins if name not in instance.plugins]
+        return self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
 
     async def _prune(self) -> None:
         assert self.queue is not None
@@ -233,7 +313,8 @@ class DuctileService(service.Service):
                     "jobs still running after {grace:.0f}s; stopping their plugins (they run again after restart)",
                     grace=SHUTDOWN_GRACE,
                 )
-                self.executor.interrupting = True
+                for executor in list(self._executors):
+                    executor.interrupting = True
                 await self.runner.shutdown()
             grace.cancel()
             await draining
@@ -243,3 +324,30 @@ class DuctileService(service.Service):
             self.pool.close()
         self.lock.release()
         self.log.info("{service} stopped", service=self.config.service.name)
+
+
+def install_sighup(reactor: Any, ductile: DuctileService) -> None:
+    """
+    Reload C{ductile}'s config on SIGHUP (C{systemctl reload}).  Only for a
+    real reactor in the main thread (twistd); the handler hands over to the
+    reactor thread, where the reload runs.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(_reload_on_signal, ductile)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _reload_on_signal(ductile: DuctileService) -> defer.Deferred[Any]:
+    """What SIGHUP does: reload; a refusal is already logged by the reloader."""
+    from ductile.reload import ReloadError
+
+    ductile.log.info("SIGHUP received: reloading the config")
+    d = ductile.reload()
+
+    def failed(failure: Any) -> None:
+        if not failure.check(ReloadError):
+            ductile.log.failure("config reload failed", failure)
+
+    return d.addErrback(failed)
