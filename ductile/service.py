@@ -194,19 +194,23 @@ class DuctileService(service.Service):
         from ductile.scheduler import Scheduler
 
         assert self.queue is not None
-        previous = self.scheduler
-        if previous is not None:
-            previous.stop()
         self.scheduler = Scheduler(self.reactor, self.queue, self.config, self.instance.plugins)
-        if previous is not None:
-            # A schedule the reload left as it was keeps its next firing time
-            # (Go keeps next_run_at in the database); a new or changed one
-            # starts afresh, as at startup.
-            kept = {(e.plugin, e.schedule): e.next_at for e in getattr(previous, "entries", ())}
-            for entry in getattr(self.scheduler, "entries", ()):
-                if (entry.plugin, entry.schedule) in kept:
-                    entry.next_at = kept[(entry.plugin, entry.schedule)]
         self.scheduler.start()
+
+    @staticmethod
+    def _keep_next_runs(previous: Any, scheduler: Any) -> None:
+        """
+        A schedule a reload left as it was keeps its next firing time (Go
+        keeps next_run_at in the database); a new or changed one starts
+        afresh, as at startup.  (Schedules hold payload dicts: compared, not
+        hashed.)
+        """
+        kept = [(e.plugin, e.schedule, e.next_at) for e in getattr(previous, "entries", ())]
+        for entry in getattr(scheduler, "entries", ()):
+            for plugin, schedule, next_at in kept:
+                if plugin == entry.plugin and schedule == entry.schedule:
+                    entry.next_at = next_at
+                    break
 
     def _new_executor(self) -> JobExecutor:
         assert self.queue is not None
@@ -234,32 +238,51 @@ class DuctileService(service.Service):
 
     def swap_instance(self, instance: Instance, plan: ReloadPlan) -> defer.Deferred[list[str]]:
         """
-        Put a checked instance in service, all at once: no Deferred is
-        awaited until every part uses it.  Then the queued jobs of plugins it
-        no longer loads are made dead (contract §4.2); fires with their ids.
+        Put a checked instance in service, all at once: every new part is
+        built first, then plain assignments switch them in with no Deferred
+        awaited in between, so nothing ever sees half of a reload.  Then the
+        queued jobs of plugins it no longer loads are made dead (contract
+        §4.2); fires with their ids.
         """
         from ductile.relay.acceptor import RelayAcceptor
         from ductile.relay.sender import RelaySender
+        from ductile.scheduler import Scheduler
 
         assert self.queue is not None and self.dispatcher is not None and self.api is not None
         old = self.instance
         cfg = instance.config
+        # -- build (may fail: then nothing has changed) --
+        enabled = [i for i in cfg.instances if i.enabled]
+        sender = self.sender
+        if sender is None and enabled:
+            sender = RelaySender(self.reactor, cfg.service.name, enabled,
+                                 max_persistent=max(4, cfg.service.max_workers))
+        executor = JobExecutor(self.reactor, self.queue, cfg, instance.plugins, self.runner, instance.router,
+                               sender, metrics=self.metrics)
+        caps = self._plugin_caps(cfg, instance.plugins)
+        acceptor = None
+        if self.ingress_resource is not None and cfg.remote_ingress is not None:
+            acceptor = RelayAcceptor(cfg, instance.router, self.queue)
+        scheduler = Scheduler(self.reactor, self.queue, cfg, instance.plugins)
+        self._keep_next_runs(self.scheduler, scheduler)
+        # -- switch --
         self.instance = instance
         self.config = cfg
-        enabled = [i for i in cfg.instances if i.enabled]
-        if self.sender is not None:
-            self.sender.update_instances(enabled)
-        elif enabled:
-            self.sender = RelaySender(self.reactor, cfg.service.name, enabled,
-                                      max_persistent=max(4, cfg.service.max_workers))
-        self.executor = self._new_executor()
+        if sender is self.sender and sender is not None:
+            sender.update_instances(enabled)
+        self.sender = sender
+        self._executors.add(executor)
+        self.executor = executor
         self.dispatcher.max_workers = max(1, cfg.service.max_workers)
-        self._caps = self._plugin_caps()
+        self._caps = caps
         self.queue.dedupe_ttl = cfg.service.dedupe_ttl
         self.api.reconfigure(cfg, instance.plugins, instance.router)
-        if self.ingress_resource is not None and cfg.remote_ingress is not None:
-            self.ingress_resource.reconfigure(cfg.remote_ingress, RelayAcceptor(cfg, instance.router, self.queue))
-        self._start_scheduler()
+        if acceptor is not None:
+            self.ingress_resource.reconfigure(cfg.remote_ingress, acceptor)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.scheduler = scheduler
+        scheduler.start()
         self.dispatcher.kick()
         gone = [name for name in old.plugins if name not in instance.plugins]
         return self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
@@ -275,11 +298,13 @@ class DuctileService(service.Service):
         if any(counts.values()):
             self.log.info("retention: pruned {counts}", counts=counts)
 
-    def _plugin_caps(self) -> dict[str, int]:
+    def _plugin_caps(self, config: Any = None, plugins: Any = None) -> dict[str, int]:
+        config = self.config if config is None else config
+        plugins = self.instance.plugins if plugins is None else plugins
         caps = {}
-        max_workers = self.config.service.max_workers
-        for name, plugin in self.instance.plugins.items():
-            raw = self.config.plugin_config(name).parallelism
+        max_workers = config.service.max_workers
+        for name, plugin in plugins.items():
+            raw = config.plugin_config(name).parallelism
             if raw is None:
                 cap = max_workers if plugin.concurrency_safe else 1
             else:

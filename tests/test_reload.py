@@ -347,6 +347,37 @@ class ReloadInstanceTests(_ReloadFixture):
         self.assertEqual((code, body["status"], body["peer"]), (202, "accepted", "office"))
         self.assertTrue(body["job_id"])
 
+    async def test_relay_instance_added_by_reload(self) -> None:
+        """
+        An instance with no relay sender gets one from a reload: a delivery
+        to the new instance (this instance itself, as peer "lab") is sent,
+        accepted and routed.
+        """
+        self.port = _free_port()
+        pipelines = [self.pipeline("p", "backup.ready", "alpha")]
+        service = await start_instance(self, self.write(peers=("lab",), pipelines=pipelines))
+        self.assertIsNone(service.sender)
+        envelope = {"event": {"type": "backup.ready", "payload": {"n": 7}}}
+        self.assertEqual(await self.request(service, "POST", "/relay/self", body=envelope),
+                         (404, {"error": 'relay instance "self" not configured'}))
+        self.write(peers=("lab",), pipelines=pipelines, instances=[{
+            "name": "self", "base_url": f"http://127.0.0.1:{self.port}", "ingress_path": "/ingest/peer/lab",
+            "secret_ref": "relay-peer", "retry": {"max_attempts": 1},
+        }])
+        report = await service.reload()
+        self.assertEqual(report["changes"], ["relay instances: +self"])
+        code, body = await self.request(service, "POST", "/relay/self", body=envelope)
+        self.assertEqual(code, 202, body)
+        delivery = body["job_id"]
+
+        async def delivered_and_ran() -> bool:
+            job = await service.queue.get_job(delivery)
+            return job["status"] == "succeeded" and len(read_records(self.records)) == 1
+
+        await wait_until(service, delivered_and_ran)
+        [record] = read_records(self.records)
+        self.assertEqual((record["plugin"], record["event"]["payload"]["n"]), ("alpha", 7))
+
     async def test_tokens_follow_reload_via_api(self) -> None:
         service = await start_instance(self, self.write())
         self.assertEqual((await self.request(service, "GET", "/jobs", token=NEW_TOKEN))[0], 401)
@@ -405,6 +436,37 @@ class ReloadInstanceTests(_ReloadFixture):
         ])
         self.assertEqual(port_of(service), port)
         self.assertEqual((await self.request(service, "GET", "/jobs", token=NEW_TOKEN))[0], 200)
+
+    async def test_unchanged_schedule_keeps_its_next_run(self) -> None:
+        """
+        The scheduler restarts with the reload, but a schedule left as it was
+        does not fire again at once; a changed one starts afresh (as at startup).
+        """
+        def plugins(every: str) -> dict[str, Any]:
+            return {"alpha": {"config": {"record_file": self.records}, "schedules": [{"id": "h", "every": every}]}}
+
+        service = await start_instance(self, self.write(plugins=plugins("1h")))
+
+        async def polls() -> list[Any]:
+            return await service.queue.list_jobs(plugin="alpha", command="poll", limit=10)
+
+        async def all_done() -> bool:
+            jobs = await polls()
+            return bool(jobs) and all(j["status"] == "succeeded" for j in jobs)
+
+        await service.scheduler.tick()
+        await wait_until(service, all_done)
+        self.assertEqual(len(await polls()), 1)
+        # (if_running: skip cannot hide a firing: the first poll is done.)
+        self.write(plugins=plugins("1h"), tokens=(OLD_TOKEN, NEW_TOKEN))
+        await service.reload()
+        await service.scheduler.tick()
+        self.assertEqual(len(await polls()), 1)
+
+        self.write(plugins=plugins("2h"))
+        await service.reload()
+        await service.scheduler.tick()
+        self.assertEqual(len(await polls()), 2)
 
     async def test_running_job_finishes_under_its_config(self) -> None:
         """
