@@ -283,9 +283,12 @@ class DuctileService(service.Service):
             self.scheduler.stop()
         self.scheduler = scheduler
         scheduler.start()
-        self.dispatcher.kick()
+        # Submitted before the claim the kick starts, so the writer makes
+        # the removed plugins' queued jobs dead before anything can claim them.
         gone = [name for name in old.plugins if name not in instance.plugins]
-        return self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
+        killed = self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
+        self.dispatcher.kick()
+        return killed
 
     async def _prune(self) -> None:
         assert self.queue is not None

@@ -221,6 +221,45 @@ class ReloaderTests(SynchronousTestCase):
         self.assertEqual(len(loads), 2)
 
 
+class ApiReloadTests(SynchronousTestCase):
+    """C{POST /system/reload}'s handler, with a fake reloader."""
+
+    def api(self, reloader: Any) -> Any:
+        from ductile.web.api import Api
+
+        return Api(task.Clock(), _config(), None, {}, _FakeRouter(), reloader=reloader)
+
+    def principal(self) -> Any:
+        from ductile.web.auth import Principal
+
+        return Principal("ops", frozenset({"system:rw"}))
+
+    def test_client_going_away_does_not_cancel_the_reload(self) -> None:
+        reloading: defer.Deferred[Any] = defer.Deferred()
+        api = self.api(lambda: reloading)
+        handling = defer.ensureDeferred(api.system_reload(None, self.principal()))
+        handling.cancel()
+        self.failureResultOf(handling, defer.CancelledError)
+        self.assertFalse(reloading.called)
+        reloading.callback({"status": "reloaded"})
+        self.assertEqual(self.successResultOf(reloading), None)  # consumed, not an unhandled error
+
+    def test_refusal_is_409(self) -> None:
+        from ductile.web.api import ApiError
+
+        api = self.api(lambda: defer.fail(ReloadError("config.yaml: invalid YAML at line 3, column 1")))
+        failure = self.failureResultOf(defer.ensureDeferred(api.system_reload(None, self.principal())), ApiError)
+        self.assertEqual((failure.value.status, failure.value.message),
+                         (409, "config.yaml: invalid YAML at line 3, column 1"))
+
+    def test_without_reloader_501(self) -> None:
+        from ductile.web.api import ApiError
+
+        failure = self.failureResultOf(defer.ensureDeferred(self.api(None).system_reload(None, self.principal())),
+                                       ApiError)
+        self.assertEqual((failure.value.status, failure.value.message), (501, "reload not supported"))
+
+
 # -- real instances -------------------------------------------------------------
 
 GATE = r'''#!{python} -I
