@@ -259,7 +259,9 @@ class Reloader:
 
     async def _reload(self) -> dict[str, Any]:
         if not self._running():
-            raise ReloadError("the instance is not running (still starting or stopping)")
+            message = "the instance is not running (still starting or stopping)"
+            log.warn("config reload refused: {error}", error=message)
+            raise ReloadError(message)
         old = self._current()
         config_file = old.config.config_file
         log.info("reloading the config from {config_file}", config_file=config_file)

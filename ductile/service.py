@@ -4,7 +4,9 @@ plugin runner, relay sender, scheduler and the HTTP site (API + relay
 ingress), started and stopped in the order that loses nothing.
 
 Start: migrate, recover jobs left running by a crash, then listen and
-dispatch.  Stop: stop listening (no new acceptances), stop starting jobs and
+dispatch.  Reload (SIGHUP, C{POST /system/reload}): the config is loaded
+and checked again and swapped in without dropping the queue or running jobs
+(L{ductile.reload}).  Stop: stop listening (no new acceptances), stop starting jobs and
 let running plugins finish within their grace, close the relay client, then
 close the database.
 """
