@@ -695,6 +695,34 @@ class JobQueue:
         assert result.job_id is not None
         return result.job_id
 
+    def kill_queued(self, plugins: Sequence[str], reason: str) -> defer.Deferred[list[str]]:
+        """
+        Make every queued job of C{plugins} C{dead} with C{reason} (what a
+        config reload does to the waiting work of plugins it removed or
+        disabled, contract §4.2); fire with their ids.  Running jobs are
+        left to finish.
+        """
+        names = sorted(set(plugins))
+        now = self._clock.seconds()
+
+        def kill(txn: Any) -> list[str]:
+            ids: list[str] = []
+            for name in names:
+                txn.execute("SELECT id, attempt FROM job_queue WHERE status='queued' AND plugin=?", (name,))
+                for job_id, attempt in txn.fetchall():
+                    txn.execute(
+                        "UPDATE job_queue SET status='dead', completed_at=?, last_error=?, next_retry_at=NULL "
+                        "WHERE id=? AND status='queued'",
+                        (now, reason, job_id),
+                    )
+                    _transition(txn, job_id, QUEUED, DEAD, reason, now)
+                    ids.append(job_id)
+            return ids
+
+        if not names:
+            return defer.succeed([])
+        return self._writer.submit(kill).addCallback(self._notify)
+
 
 _INSERT_JOB = (
     "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "

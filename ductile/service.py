@@ -4,14 +4,18 @@ plugin runner, relay sender, scheduler and the HTTP site (API + relay
 ingress), started and stopped in the order that loses nothing.
 
 Start: migrate, recover jobs left running by a crash, then listen and
-dispatch.  Stop: stop listening (no new acceptances), stop starting jobs and
+dispatch.  Reload (SIGHUP, C{POST /system/reload}): the config is loaded
+and checked again and swapped in without dropping the queue or running jobs
+(L{ductile.reload}).  Stop: stop listening (no new acceptances), stop starting jobs and
 let running plugins finish within their grace, close the relay client, then
 close the database.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import weakref
 from typing import Any
 
 from twisted.application import service
@@ -24,6 +28,7 @@ from ductile.executor import RELAY_PLUGIN, JobExecutor
 from ductile.instance import Instance
 from ductile.metrics import Metrics
 from ductile.queue import JobQueue
+from ductile.reload import REMOVED_PLUGIN_REASON, Reloader, ReloadPlan
 from ductile.store.lock import StateLock
 from ductile.store.pool import open_pool, prepare_database
 from ductile.store.writer import GroupCommitWriter
@@ -58,6 +63,11 @@ class DuctileService(service.Service):
         self.queue: JobQueue | None = None
         self.dispatcher: Dispatcher | None = None
         self.executor: JobExecutor | None = None
+        #: Every executor a reload replaced while its jobs may still run: a
+        #: shutdown that cuts them short must tell each of them.
+        self._executors: weakref.WeakSet[JobExecutor] = weakref.WeakSet()
+        self._caps: dict[str, int] = {}
+        self.ingress_resource: Any = None
         self.runner: Any = None
         self.sender: Any = None
         self.scheduler: Any = None
@@ -74,6 +84,10 @@ class DuctileService(service.Service):
             # opens; the namespace is read per session, once the queue exists.
             self.manhole = build_manhole_service(reactor, self.config.manhole, lambda: admin_namespace(self))
         self.started = defer.Deferred()
+        self.reloader = Reloader(
+            reactor, lambda: self.instance, self.swap_instance,
+            running=lambda: self.running and self.started.called and self.queue is not None,
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -124,21 +138,22 @@ class DuctileService(service.Service):
         if any(i.enabled for i in cfg.instances):
             self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled],
                                       max_persistent=max(4, cfg.service.max_workers))
-        self.executor = executor = JobExecutor(self.reactor, self.queue, cfg, self.instance.plugins, self.runner,
-                               self.instance.router, self.sender, metrics=self.metrics)
-        # The config and the loaded plugins are fixed for the service's life,
-        # so the caps are worked out once, not on every claim.
-        caps = self._plugin_caps()
-        self.dispatcher = Dispatcher(self.reactor, self.queue, executor, cfg.service.max_workers, lambda: caps)
+        self.executor = self._new_executor()
+        # The caps change only with a reload, so they are worked out then,
+        # not on every claim.
+        self._caps = self._plugin_caps()
+        self.dispatcher = Dispatcher(self.reactor, self.queue, self._execute, cfg.service.max_workers,
+                                     lambda: self._caps)
 
         ingress = cfg.remote_ingress
         self.ingress_stats = IngressStats()
         self.api = Api(self.reactor, cfg, self.queue, self.instance.plugins, self.instance.router,
-                       metrics=self.metrics, ingress_stats=self.ingress_stats if ingress is not None else None)
+                       metrics=self.metrics, ingress_stats=self.ingress_stats if ingress is not None else None,
+                       reloader=self.reload)
         root = self.api.resource()
         if ingress is not None:
             acceptor = RelayAcceptor(cfg, self.instance.router, self.queue)
-            mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)
+            self.ingress_resource = mount_remote_ingress(root, ingress, acceptor, self.reactor, self.ingress_stats)
         self.site = DuctileSite(
             root,
             body_limit_for=ingress_body_limit_for(ingress, cfg.api.max_body_size, self.ingress_stats),
@@ -185,6 +200,99 @@ class DuctileService(service.Service):
                                    store=ScheduleStore(self.pool, self.reactor))
         self.scheduler.start()
 
+    @staticmethod
+    def _keep_next_runs(previous: Any, scheduler: Any) -> None:
+        """
+        A schedule a reload left as it was keeps its next firing time (Go
+        keeps next_run_at in the database); a new or changed one starts
+        afresh, as at startup.  (Schedules hold payload dicts: compared, not
+        hashed.)
+        """
+        kept = [(e.plugin, e.schedule, e.next_at) for e in getattr(previous, "entries", ())]
+        for entry in getattr(scheduler, "entries", ()):
+            for plugin, schedule, next_at in kept:
+                if plugin == entry.plugin and schedule == entry.schedule:
+                    entry.next_at = next_at
+                    break
+
+    def _new_executor(self) -> JobExecutor:
+        assert self.queue is not None
+        executor = JobExecutor(self.reactor, self.queue, self.config, self.instance.plugins, self.runner,
+                               self.instance.router, self.sender, metrics=self.metrics)
+        self._executors.add(executor)
+        return executor
+
+    def _execute(self, job: Any) -> Any:
+        # Looked up per job: a job claimed after a reload runs under the new
+        # config; one already running keeps the executor it started with.
+        assert self.executor is not None
+        return self.executor(job)
+
+    # -- reload -------------------------------------------------------------
+
+    def reload(self) -> defer.Deferred[dict[str, Any]]:
+        """
+        Load the config file again and put it in service without a restart
+        (see L{ductile.reload}).  Fires with the report; fails with
+        L{ductile.reload.ReloadError} (old config still running) when the new
+        one does not load or check.
+        """
+        return self.reloader.reload()
+
+    def swap_instance(self, instance: Instance, plan: ReloadPlan) -> defer.Deferred[list[str]]:
+        """
+        Put a checked instance in service, all at once: every new part is
+        built first, then plain assignments switch them in with no Deferred
+        awaited in between, so nothing ever sees half of a reload.  Then the
+        queued jobs of plugins it no longer loads are made dead (contract
+        §4.2); fires with their ids.
+        """
+        from ductile.relay.acceptor import RelayAcceptor
+        from ductile.relay.sender import RelaySender
+        from ductile.scheduler import Scheduler
+
+        assert self.queue is not None and self.dispatcher is not None and self.api is not None
+        old = self.instance
+        cfg = instance.config
+        # -- build (may fail: then nothing has changed) --
+        enabled = [i for i in cfg.instances if i.enabled]
+        sender = self.sender
+        if sender is None and enabled:
+            sender = RelaySender(self.reactor, cfg.service.name, enabled,
+                                 max_persistent=max(4, cfg.service.max_workers))
+        executor = JobExecutor(self.reactor, self.queue, cfg, instance.plugins, self.runner, instance.router,
+                               sender, metrics=self.metrics)
+        caps = self._plugin_caps(cfg, instance.plugins)
+        acceptor = None
+        if self.ingress_resource is not None and cfg.remote_ingress is not None:
+            acceptor = RelayAcceptor(cfg, instance.router, self.queue)
+        scheduler = Scheduler(self.reactor, self.queue, cfg, instance.plugins)
+        self._keep_next_runs(self.scheduler, scheduler)
+        # -- switch --
+        self.instance = instance
+        self.config = cfg
+        if sender is self.sender and sender is not None:
+            sender.update_instances(enabled)
+        self.sender = sender
+        self._executors.add(executor)
+        self.executor = executor
+        self.dispatcher.max_workers = max(1, cfg.service.max_workers)
+        self._caps = caps
+        self.queue.dedupe_ttl = cfg.service.dedupe_ttl
+        self.api.reconfigure(cfg, instance.plugins, instance.router)
+        if acceptor is not None:
+            self.ingress_resource.reconfigure(cfg.remote_ingress, acceptor)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.scheduler = scheduler
+        scheduler.start()
+        # Submitted before the claim the kick starts, so the writer makes
+        # the removed plugins' queued jobs dead before anything can claim them.
+        gone = [name for name in old.plugins if name not in instance.plugins]
+        killed = self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
+        self.dispatcher.kick()
+        return killed
+
     async def _prune(self) -> None:
         assert self.queue is not None
         svc = self.config.service
@@ -196,11 +304,13 @@ class DuctileService(service.Service):
         if any(counts.values()):
             self.log.info("retention: pruned {counts}", counts=counts)
 
-    def _plugin_caps(self) -> dict[str, int]:
+    def _plugin_caps(self, config: Any = None, plugins: Any = None) -> dict[str, int]:
+        config = self.config if config is None else config
+        plugins = self.instance.plugins if plugins is None else plugins
         caps = {}
-        max_workers = self.config.service.max_workers
-        for name, plugin in self.instance.plugins.items():
-            raw = self.config.plugin_config(name).parallelism
+        max_workers = config.service.max_workers
+        for name, plugin in plugins.items():
+            raw = config.plugin_config(name).parallelism
             if raw is None:
                 cap = max_workers if plugin.concurrency_safe else 1
             else:
@@ -235,7 +345,8 @@ class DuctileService(service.Service):
                     "jobs still running after {grace:.0f}s; stopping their plugins (they run again after restart)",
                     grace=SHUTDOWN_GRACE,
                 )
-                self.executor.interrupting = True
+                for executor in list(self._executors):
+                    executor.interrupting = True
                 await self.runner.shutdown()
             grace.cancel()
             await draining
@@ -245,3 +356,30 @@ class DuctileService(service.Service):
             self.pool.close()
         self.lock.release()
         self.log.info("{service} stopped", service=self.config.service.name)
+
+
+def install_sighup(reactor: Any, ductile: DuctileService) -> None:
+    """
+    Reload C{ductile}'s config on SIGHUP (C{systemctl reload}).  Only for a
+    real reactor in the main thread (twistd); the handler hands over to the
+    reactor thread, where the reload runs.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(_reload_on_signal, ductile)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _reload_on_signal(ductile: DuctileService) -> defer.Deferred[Any]:
+    """What SIGHUP does: reload; a refusal is already logged by the reloader."""
+    from ductile.reload import ReloadError
+
+    ductile.log.info("SIGHUP received: reloading the config")
+    d = ductile.reload()
+
+    def failed(failure: Any) -> None:
+        if not failure.check(ReloadError):
+            ductile.log.failure("config reload failed", failure)
+
+    return d.addErrback(failed)

@@ -45,9 +45,13 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    from ductile.service import DuctileService
+    from ductile.service import DuctileService, install_sighup
 
     instance = options["instance"]
     top = service.MultiService()
-    DuctileService(instance, reactor, lock=options["lock"], exit_on_start_failure=True).setServiceParent(top)
+    ductile = DuctileService(instance, reactor, lock=options["lock"], exit_on_start_failure=True)
+    ductile.setServiceParent(top)
+    # SIGHUP (systemctl reload) reloads the config; installed once the
+    # reactor runs, after Twisted's own signal handlers.
+    reactor.addSystemEventTrigger("after", "startup", install_sighup, reactor, ductile)
     return top

@@ -18,13 +18,14 @@ NOUN_MODULES = (
     "ductile.cli.config_cmd",
     "ductile.cli.relay_cmd",
     "ductile.cli.job_cmd",
+    "ductile.cli.system_cmd",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ductile",
-        description="Ductile automation runtime: inspect config, relay events, inspect jobs.",
+        description="Ductile automation runtime: inspect config, relay events, inspect jobs, reload a running instance.",
     )
     parser.add_argument("--version", action="version", version=f"ductile {__version__}")
     nouns = parser.add_subparsers(dest="noun", metavar="NOUN")

@@ -383,6 +383,17 @@ class RemoteIngressResource(Resource):
         request.write(body)
         request.finish()
 
+    def reconfigure(self, ingress: RemoteIngress, acceptor: Acceptor) -> None:
+        """
+        Take a reloaded C{remote_ingress} (peers, keys, accept lists, skew)
+        and the acceptor for the reloaded router: requests checked from now
+        on use them; one already being accepted finishes with the old ones.
+        The listen path and body cap are fixed at start (the service keeps
+        them unchanged across a reload).
+        """
+        self._ingress = ingress
+        self._acceptor = acceptor
+
 
 def _verified(
     keys: tuple[PeerKey, ...],

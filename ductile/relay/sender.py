@@ -609,3 +609,11 @@ class RelaySender:
         if self._own_pool:
             return self._pool.closeCachedConnections()
         return defer.succeed(None)
+
+    def update_instances(self, instances: Sequence[Instance]) -> None:
+        """
+        Take the reloaded C{instances[]}: attempts started from now on use
+        them (an attempt in flight finishes with the instance it started with).
+        """
+        self._instances = tuple(instances)
+        self._targets.clear()

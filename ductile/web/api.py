@@ -142,7 +142,13 @@ class Api:
         router: Any,
         metrics: Any = None,
         ingress_stats: Any = None,
+        reloader: Callable[[], "defer.Deferred[Mapping[str, Any]]"] | None = None,
     ) -> None:
+        """
+        @param reloader: what C{POST /system/reload} calls (the service's
+            C{reload}); fires with the report or fails with
+            L{ductile.reload.ReloadError}.  Without it the route answers 501.
+        """
         self._clock = clock
         self._config = config
         self._queue = queue
@@ -150,6 +156,7 @@ class Api:
         self._router = router
         self._metrics = metrics
         self._ingress_stats = ingress_stats
+        self._reloader = reloader
         self._auth = Authenticator.from_config(config)
         self._sync_running = 0
         self._started = clock.seconds()
@@ -165,6 +172,7 @@ class Api:
             self._route(b"POST", r"/relay/deliveries/(?P<job_id>[^/]+)/replay", ("relay:rw",), self.relay_replay),
             self._route(b"POST", r"/relay/(?P<instance>[^/]+)", ("relay:rw",), self.relay_enqueue),
             self._route(b"GET", r"/metrics", ("metrics:ro",), self.metrics),
+            self._route(b"POST", r"/system/reload", ("system:rw",), self.system_reload),
         ]
 
     @staticmethod
@@ -436,6 +444,48 @@ class Api:
         )])
         return 202, {"job_id": result.job_id, "status": "queued", "to": target.name, "event_type": event_type,
                      "deduplicated": result.deduplicated}
+
+    def reconfigure(self, config: Config, plugins: Mapping[str, Any], router: Any) -> None:
+        """
+        Serve a reloaded config: its tokens and scopes, plugins and pipelines
+        apply to requests from now on (a request already being handled
+        finishes with what it started with).
+        """
+        self._config = config
+        self._plugins = plugins
+        self._router = router
+        self._auth = Authenticator.from_config(config)
+
+    async def system_reload(self, request: server.Request, principal: Any) -> tuple[int, Any]:
+        """
+        C{POST /system/reload}: 200 with the report, or 409 with the reason
+        the new config was refused (the old one is still running).
+        """
+        from ductile.reload import ReloadError
+
+        if self._reloader is None:
+            raise ApiError(501, "reload not supported")
+        self.log.info("config reload requested by API token {label}", label=principal.label)
+        # The reload must not be cut short by the client going away (the
+        # request's Deferred is cancelled then): wait on a shield instead.
+        reloading = self._reloader()
+        shield: defer.Deferred[Any] = defer.Deferred()
+
+        def done(result: Any) -> None:
+            if not shield.called:
+                if isinstance(result, Failure):
+                    shield.errback(result)
+                else:
+                    shield.callback(result)
+            elif isinstance(result, Failure) and not result.check(ReloadError):
+                self.log.failure("config reload failed", result)
+
+        reloading.addBoth(done)
+        try:
+            report = await shield
+        except ReloadError as e:
+            raise ApiError(409, str(e))
+        return 200, report
 
     async def metrics(self, request: server.Request, principal: Any) -> tuple[int, Any]:
         return 200, await self.metrics_body()
