@@ -200,21 +200,6 @@ class DuctileService(service.Service):
                                    store=ScheduleStore(self.pool, self.reactor))
         self.scheduler.start()
 
-    @staticmethod
-    def _keep_next_runs(previous: Any, scheduler: Any) -> None:
-        """
-        A schedule a reload left as it was keeps its next firing time (Go
-        keeps next_run_at in the database); a new or changed one starts
-        afresh, as at startup.  (Schedules hold payload dicts: compared, not
-        hashed.)
-        """
-        kept = [(e.plugin, e.schedule, e.next_at) for e in getattr(previous, "entries", ())]
-        for entry in getattr(scheduler, "entries", ()):
-            for plugin, schedule, next_at in kept:
-                if plugin == entry.plugin and schedule == entry.schedule:
-                    entry.next_at = next_at
-                    break
-
     def _new_executor(self) -> JobExecutor:
         assert self.queue is not None
         executor = JobExecutor(self.reactor, self.queue, self.config, self.instance.plugins, self.runner,
@@ -249,7 +234,7 @@ class DuctileService(service.Service):
         """
         from ductile.relay.acceptor import RelayAcceptor
         from ductile.relay.sender import RelaySender
-        from ductile.scheduler import Scheduler
+        from ductile.scheduler import Scheduler, ScheduleStore
 
         assert self.queue is not None and self.dispatcher is not None and self.api is not None
         old = self.instance
@@ -266,8 +251,10 @@ class DuctileService(service.Service):
         acceptor = None
         if self.ingress_resource is not None and cfg.remote_ingress is not None:
             acceptor = RelayAcceptor(cfg, instance.router, self.queue)
-        scheduler = Scheduler(self.reactor, self.queue, cfg, instance.plugins)
-        self._keep_next_runs(self.scheduler, scheduler)
+        # Each schedule's next run lives in schedule_entries (as in Go), so
+        # the new scheduler carries on where the old one stopped.
+        scheduler = Scheduler(self.reactor, self.queue, cfg, instance.plugins,
+                              store=ScheduleStore(self.pool, self.reactor))
         # -- switch --
         self.instance = instance
         self.config = cfg
@@ -282,16 +269,17 @@ class DuctileService(service.Service):
         self.api.reconfigure(cfg, instance.plugins, instance.router)
         if acceptor is not None:
             self.ingress_resource.reconfigure(cfg.remote_ingress, acceptor)
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        stopping = self.scheduler.stop() if self.scheduler is not None else defer.succeed(None)
         self.scheduler = scheduler
-        scheduler.start()
+        # Started once the old one's firings in flight have saved their state.
+        armed = stopping.addBoth(lambda _: scheduler.start())
         # Submitted before the claim the kick starts, so the writer makes
         # the removed plugins' queued jobs dead before anything can claim them.
         gone = [name for name in old.plugins if name not in instance.plugins]
         killed = self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
         self.dispatcher.kick()
-        return killed
+        # The report comes once the new schedules are armed.
+        return killed.addCallback(lambda ids: armed.addCallback(lambda _: ids))
 
     async def _prune(self) -> None:
         assert self.queue is not None

@@ -478,34 +478,36 @@ class ReloadInstanceTests(_ReloadFixture):
 
     async def test_unchanged_schedule_keeps_its_next_run(self) -> None:
         """
-        The scheduler restarts with the reload, but a schedule left as it was
-        does not fire again at once; a changed one starts afresh (as at startup).
+        The scheduler restarts with the reload, but a schedule keeps its next
+        run (stored per plugin and schedule id, as in Go): it does not fire
+        again at once; a schedule the reload adds starts as at startup.
         """
-        def plugins(every: str) -> dict[str, Any]:
-            return {"alpha": {"config": {"record_file": self.records}, "schedules": [{"id": "h", "every": every}]}}
+        def plugins(*ids: str) -> dict[str, Any]:
+            return {"alpha": {"config": {"record_file": self.records},
+                              "schedules": [{"id": i, "every": "1h"} for i in ids]}}
 
-        service = await start_instance(self, self.write(plugins=plugins("1h")))
+        service = await start_instance(self, self.write(plugins=plugins("h")))
 
         async def polls() -> list[Any]:
             return await service.queue.list_jobs(plugin="alpha", command="poll", limit=10)
 
-        async def all_done() -> bool:
+        async def done(n: int) -> bool:
             jobs = await polls()
-            return bool(jobs) and all(j["status"] == "succeeded" for j in jobs)
+            return len(jobs) == n and all(j["status"] == "succeeded" for j in jobs)
 
-        await service.scheduler.tick()
-        await wait_until(service, all_done)
-        self.assertEqual(len(await polls()), 1)
-        # (if_running: skip cannot hide a firing: the first poll is done.)
-        self.write(plugins=plugins("1h"), tokens=(OLD_TOKEN, NEW_TOKEN))
-        await service.reload()
-        await service.scheduler.tick()
+        # An every schedule without jitter fires at start.
+        await wait_until(service, lambda: done(1))
+        self.write(plugins=plugins("h"), tokens=(OLD_TOKEN, NEW_TOKEN))
+        await service.reload()  # fires once the new schedules are armed
+        [entry] = service.scheduler.entries
+        self.assertGreater(entry.next_at, service.reactor.seconds() + 3000)
+        await service.scheduler.settled()
         self.assertEqual(len(await polls()), 1)
 
-        self.write(plugins=plugins("2h"))
+        self.write(plugins=plugins("h", "new"))
         await service.reload()
-        await service.scheduler.tick()
-        self.assertEqual(len(await polls()), 2)
+        await wait_until(service, lambda: done(2))
+        self.assertEqual(sorted(e.schedule.id for e in service.scheduler.entries), ["h", "new"])
 
     async def test_running_job_finishes_under_its_config(self) -> None:
         """
