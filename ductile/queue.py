@@ -187,6 +187,11 @@ class JobQueue:
         Move up to C{limit} due jobs to C{running}, oldest first, respecting
         per-plugin free slots (C{plugin_slots[name]}, else C{default_slots}).
         A job whose dedupe key is already running for the same target waits.
+
+        A claimed job is C{running} with C{started_at} NULL: claimed, not yet
+        started.  Until L{started} records its start, crash recovery puts it
+        back as the same attempt (the dispatcher claims ahead of free workers,
+        so a claimed job may wait for one).
         """
         now = self._clock.seconds()
         slots = dict(plugin_slots or {})
@@ -209,6 +214,24 @@ class JobQueue:
         self.retries_may_be_pending = True
         self._retry_generation += 1
 
+    def started(self, jobs: Sequence[ClaimedJob]) -> defer.Deferred[None]:
+        """
+        Record that C{jobs}' attempts have begun (their C{started_at}), so
+        crash recovery counts them.  The caller does not wait for it: it rides
+        in the next group commit, and until then a crash requeues the job as
+        the same attempt (it runs again; the attempt is not counted).
+        """
+        now = self._clock.seconds()
+
+        def mark(txn: Any) -> None:
+            for job in jobs:
+                txn.execute(
+                    "UPDATE job_queue SET started_at=? WHERE id=? AND status='running' AND attempt=?",
+                    (now, job.id, job.attempt),
+                )
+
+        return self._writer.submit(mark)
+
     def release(self, jobs: Sequence[ClaimedJob]) -> defer.Deferred[None]:
         """
         Put claimed jobs that were never started back in the queue, as the
@@ -230,7 +253,10 @@ class JobQueue:
         """
         Crash recovery (contract §4.5): jobs left C{running} go back to
         C{queued} at once with the next attempt, or C{dead} when out of
-        attempts.  Returns C{(job_id, plugin, new_status)} for each.
+        attempts.  A job claimed but never started (C{started_at} NULL, see
+        L{claim}) goes back to C{queued} as the same attempt: it never ran, or
+        ran for less than the one commit that would have recorded its start.
+        Returns C{(job_id, plugin, new_status)} for each.
         """
         now = self._clock.seconds()
         return self._writer.submit(lambda txn: self._recover(txn, now)).addCallback(self._notify)
@@ -440,8 +466,8 @@ class JobQueue:
             )
         for job in claimed:
             txn.execute(
-                "UPDATE job_queue SET status='running', started_at=?, next_retry_at=NULL WHERE id=?",
-                (now, job.id),
+                "UPDATE job_queue SET status='running', started_at=NULL, next_retry_at=NULL WHERE id=?",
+                (job.id,),
             )
             _transition(txn, job.id, QUEUED, RUNNING, f"attempt {job.attempt}", now)
         return claimed
@@ -493,10 +519,17 @@ class JobQueue:
         return [self._insert(txn, s, now, parent=job.id) for s in c.successors]
 
     def _recover(self, txn: Any, now: float) -> list[tuple[str, str, str]]:
-        txn.execute("SELECT id, plugin, attempt, max_attempts FROM job_queue WHERE status='running'")
+        txn.execute("SELECT id, plugin, attempt, max_attempts, started_at FROM job_queue WHERE status='running'")
         out = []
-        for job_id, plugin, attempt, max_attempts in txn.fetchall():
-            if attempt + 1 <= max_attempts:
+        for job_id, plugin, attempt, max_attempts, started_at in txn.fetchall():
+            if started_at is None:
+                txn.execute(
+                    "UPDATE job_queue SET status='queued', next_retry_at=NULL WHERE id=?",
+                    (job_id,),
+                )
+                _transition(txn, job_id, RUNNING, QUEUED, "crash recovery: claimed, never started", now)
+                out.append((job_id, plugin, QUEUED))
+            elif attempt + 1 <= max_attempts:
                 txn.execute(
                     "UPDATE job_queue SET status='queued', attempt=attempt+1, started_at=NULL, "
                     "next_retry_at=NULL, last_error=? WHERE id=?",

@@ -1,0 +1,263 @@
+"""
+The dispatcher claims ahead of its workers (prefetch): a claimed job waits
+for a worker holding no process, starts the moment one frees, and is never
+counted as an attempt unless it started — over a real queue file.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import TestCase
+
+from ductile.dispatch import Dispatcher
+from ductile.queue import ClaimedJob, Completion, JobQueue, JobSpec
+from ductile.testing.db import make_queue
+
+OK = Completion("succeeded", result="ok")
+
+
+class _Executor:
+    """
+    Holds each started job open until the test finishes it, and checks on
+    every start that no cap is exceeded and no job runs twice at once.
+    """
+
+    def __init__(self, queue: JobQueue, max_workers: int, caps: dict[str, int]) -> None:
+        self.queue = queue
+        self.max_workers = max_workers
+        self.caps = caps
+        self.started: list[ClaimedJob] = []
+        self.live: dict[str, ClaimedJob] = {}
+        self.pending: dict[str, defer.Deferred[Any]] = {}
+        self.violations: list[str] = []
+        self.most_at_once = 0
+        self._waiting: tuple[int, defer.Deferred[None]] | None = None
+
+    def __call__(self, job: ClaimedJob) -> defer.Deferred[Any]:
+        if job.id in self.live:
+            self.violations.append(f"{job.id} started while already running")
+        self.live[job.id] = job
+        self.started.append(job)
+        self.most_at_once = max(self.most_at_once, len(self.live))
+        if len(self.live) > self.max_workers:
+            self.violations.append(f"{len(self.live)} jobs running, max_workers {self.max_workers}")
+        for plugin, cap in self.caps.items():
+            n = sum(1 for j in self.live.values() if j.plugin == plugin)
+            if n > cap:
+                self.violations.append(f"{n} {plugin} jobs running, cap {cap}")
+        keys = [(j.dedupe_key, j.plugin, j.command) for j in self.live.values() if j.dedupe_key]
+        if len(keys) != len(set(keys)):
+            self.violations.append(f"dedupe key running twice: {keys}")
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending[job.id] = d
+        if self._waiting is not None and len(self.started) >= self._waiting[0]:
+            _, w = self._waiting
+            self._waiting = None
+            w.callback(None)
+        return d
+
+    def until_started(self, n: int) -> defer.Deferred[None]:
+        if len(self.started) >= n:
+            return defer.succeed(None)
+        w: defer.Deferred[None] = defer.Deferred()
+        self._waiting = (n, w)
+        return w
+
+    def finish(self, job: ClaimedJob, completion: Completion = OK) -> defer.Deferred[Any]:
+        """Submit the outcome (as the real executor does) and end the job once it commits."""
+        del self.live[job.id]
+        d = self.queue.complete(job, completion)
+        d.addCallback(lambda _: self.pending.pop(job.id).callback(None))
+        return d
+
+
+def _snapshot(path: str, dest: str) -> None:
+    """What a crash right now would leave on disk: the committed state only."""
+    src = sqlite3.connect(path)
+    dst = sqlite3.connect(dest)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+class PrefetchTests(TestCase):
+    timeout = 10
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_800_000_000)
+        self.queue, self.pool, self.path = make_queue(self, self.clock)
+        self.caps = {"serial": 1}
+        self.executor = _Executor(self.queue, 2, self.caps)
+        self.dispatcher = Dispatcher(self.clock, self.queue, self.executor, 2, lambda: self.caps)
+        self.dispatcher.start()
+        self.addCleanup(self._release)
+
+    def _release(self) -> defer.Deferred[None]:
+        stopped = self.dispatcher.stop()
+        for d in list(self.executor.pending.values()):
+            d.callback(None)
+        return stopped
+
+    async def _settle(self) -> None:
+        """Let outstanding claims and start records commit (a no-op write is a barrier)."""
+        for _ in range(3):
+            await self.queue.started([])
+
+    async def _rows(self) -> dict[int, tuple[str, int, Any]]:
+        rows = await self.pool.runQuery("SELECT payload, status, attempt, started_at FROM job_queue")
+        import json
+
+        return {json.loads(p)["i"]: (s, a, st) for p, s, a, st in rows}
+
+    async def test_claims_one_job_ahead_per_worker(self) -> None:
+        """With 2 workers and 5 jobs, 2 run, 2 are claimed ahead (no started_at), 1 stays queued."""
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(5)])
+        await self.executor.until_started(2)
+        await self._settle()
+        self.assertEqual([j.payload["i"] for j in self.executor.started], [0, 1])
+        self.assertEqual([j.payload["i"] for j in self.dispatcher.claimed], [2, 3])
+        rows = await self._rows()
+        self.assertEqual([rows[i][0] for i in range(5)], ["running"] * 4 + ["queued"])
+        self.assertIsNotNone(rows[0][2])
+        self.assertIsNotNone(rows[1][2])
+        self.assertIsNone(rows[2][2])
+        self.assertIsNone(rows[3][2])
+
+    async def test_next_job_starts_before_the_completion_commits(self) -> None:
+        """
+        A finishing job hands its worker to a claimed job at once: the next
+        plugin starts inside complete(), with no commit in between.
+        """
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(4)])
+        await self.executor.until_started(2)
+        await self._settle()
+        self.assertEqual(len(self.dispatcher.claimed), 2)
+        committed = self.executor.finish(self.executor.started[0])
+        self.assertNoResult(committed)
+        self.assertEqual([j.payload["i"] for j in self.executor.started], [0, 1, 2])
+        await committed
+
+    async def test_started_counts_the_attempt_claimed_does_not(self) -> None:
+        """
+        After a crash, the running job (its start committed) is dead with
+        max_attempts=1; the jobs claimed ahead of it go back as attempt 1.
+        """
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}, max_attempts=1) for i in range(4)])
+        await self.executor.until_started(2)
+        await self._settle()
+        crashed = os.path.join(os.path.dirname(self.path), "crashed.db")
+        _snapshot(self.path, crashed)
+        queue2, _, _ = make_queue(self, self.clock, path=crashed)
+        recovered = {job_id: status for job_id, _, status in await queue2.recover()}
+        started = {j.id for j in self.executor.started}
+        claimed = {j.id for j in self.dispatcher.claimed}
+        self.assertEqual(recovered, {**{i: "dead" for i in started}, **{i: "queued" for i in claimed}})
+        for job_id in claimed:
+            job = await queue2.get_job(job_id)
+            self.assertEqual((job["status"], job["attempt"]), ("queued", 1))
+
+    async def test_stop_releases_claimed_jobs(self) -> None:
+        """stop() puts the jobs claimed ahead back as queued, same attempt, and starts nothing more."""
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}, max_attempts=1) for i in range(4)])
+        await self.executor.until_started(2)
+        await self._settle()
+        claimed = self.dispatcher.claimed
+        self.assertEqual(len(claimed), 2)
+        stopped = self.dispatcher.stop()
+        self.assertEqual(self.dispatcher.claimed, [])
+        for job in list(self.executor.live.values()):
+            await self.executor.finish(job)
+        await stopped
+        self.assertEqual(len(self.executor.started), 2)
+        for job in claimed:
+            row = await self.queue.get_job(job.id)
+            self.assertEqual((row["status"], row["attempt"], row["started_at"]), ("queued", 1, None))
+            transitions = await self.pool.runQuery(
+                "SELECT to_status, reason FROM job_transitions WHERE job_id=? ORDER BY id", (job.id,))
+            self.assertEqual(tuple(transitions[-1]), ("queued", "released: service stopping"))
+
+    async def test_plugin_cap_counts_only_started_jobs(self) -> None:
+        """
+        A plugin capped at 1 never runs two at once, though one more of it is
+        claimed ahead; another plugin uses the free worker meanwhile.
+        """
+        await self.queue.enqueue([JobSpec("serial", "poll", {"i": i}) for i in range(3)]
+                                 + [JobSpec("other", "poll", {"i": 10 + i}) for i in range(3)])
+        await self.executor.until_started(2)
+        await self._settle()
+        self.assertEqual(sorted(j.plugin for j in self.executor.live.values()), ["other", "serial"])
+        self.assertLessEqual(sum(1 for j in self.dispatcher.claimed if j.plugin == "serial"), 1)
+        # Finish everything in an awkward order: always the "other" job first.
+        while len(self.executor.started) < 6 or self.executor.live:
+            live = sorted(self.executor.live.values(), key=lambda j: j.plugin != "other")
+            if not live:
+                await self.executor.until_started(len(self.executor.started) + 1)
+                continue
+            await self.executor.finish(live[0])
+        self.assertEqual(self.executor.violations, [])
+        self.assertEqual(sorted(j.payload["i"] for j in self.executor.started), [0, 1, 2, 10, 11, 12])
+        serial = [j.payload["i"] for j in self.executor.started if j.plugin == "serial"]
+        self.assertEqual(serial, [0, 1, 2])
+
+    async def test_caps_hold_under_churn(self) -> None:
+        """
+        Thirty jobs, two thirds of them for the capped plugin, finished in varying orders: never more
+        than max_workers running, never a capped plugin over its cap, every
+        job run exactly once.
+        """
+        plugins = ["serial", "serial", "a"]
+        await self.queue.enqueue([JobSpec(plugins[i % 3], "poll", {"i": i}) for i in range(30)])
+        step = 0
+        while len(self.executor.started) < 30 or self.executor.live:
+            live = list(self.executor.live.values())
+            if not live:
+                await self.executor.until_started(len(self.executor.started) + 1)
+                continue
+            step += 1
+            await self.executor.finish(live[step % len(live)])
+        self.assertEqual(self.executor.violations, [])
+        self.assertEqual(self.executor.most_at_once, 2)
+        self.assertEqual(sorted(j.payload["i"] for j in self.executor.started), list(range(30)))
+        self.assertEqual(await self.queue.counts(), {"succeeded": 30})
+
+    async def test_dedupe_key_never_runs_twice(self) -> None:
+        """
+        Two queued jobs sharing a dedupe key (as after a replay) are never
+        both running or claimed: the second waits until the first is done.
+        """
+        [a, b] = await self.queue.enqueue([JobSpec("p", "poll", {"i": 0}), JobSpec("p", "poll", {"i": 1})])
+        stopped = self.dispatcher.stop()
+        await self._settle()
+        for job in list(self.executor.live.values()):
+            await self.executor.finish(job)
+        await stopped
+        await self.pool.runOperation("UPDATE job_queue SET status='queued', dedupe_key='k', started_at=NULL")
+        self.executor.started.clear()
+        self.dispatcher.start()
+        await self.executor.until_started(1)
+        await self._settle()
+        self.assertEqual(len(self.executor.live), 1)
+        self.assertEqual(self.dispatcher.claimed, [])
+        first = self.executor.started[0]
+        await self.executor.finish(first)
+        await self.executor.until_started(2)
+        self.assertEqual(self.executor.violations, [])
+        self.assertEqual({j.id for j in self.executor.started}, {a.job_id, b.job_id})
+
+    async def test_no_prefetch(self) -> None:
+        """prefetch=0 claims only for free workers."""
+        await self.dispatcher.stop()
+        dispatcher = Dispatcher(self.clock, self.queue, self.executor, 2, lambda: self.caps, prefetch=0)
+        self.dispatcher = dispatcher
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(4)])
+        dispatcher.start()
+        await self.executor.until_started(2)
+        await self._settle()
+        self.assertEqual(dispatcher.claimed, [])
+        self.assertEqual((await self.queue.counts()), {"running": 2, "queued": 2})
