@@ -108,15 +108,20 @@ class Dispatcher:
             held[job.plugin] = held.get(job.plugin, 0) + 1
         for job in self._ready:
             held[job.plugin] = held.get(job.plugin, 0) + 1
-        # Per plugin: its free workers now plus as many again claimed ahead.
+        # Per plugin: its free workers now, plus its share of the prefetch
+        # (in proportion to its cap: a serial plugin gets few claimed ahead).
         caps = self._plugin_caps()
-        slots = {name: 2 * cap - held.get(name, 0) for name, cap in caps.items()}
+        slots = {name: cap + self._ahead(cap) - held.get(name, 0) for name, cap in caps.items()}
         for name, n in held.items():
-            slots.setdefault(name, 2 * self.max_workers - n)
+            slots.setdefault(name, self.max_workers + self.prefetch - n)
         self._claiming = True
         d = self._queue.claim(want, slots, default_slots=want)
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(want,))
         self._claim = d
+
+    def _ahead(self, cap: int) -> int:
+        """How many jobs of a plugin capped at C{cap} may be claimed ahead."""
+        return -(-self.prefetch * min(cap, self.max_workers) // self.max_workers)
 
     def _claimed(self, jobs: list[ClaimedJob], want: int) -> Any:
         self._claiming = False

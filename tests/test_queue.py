@@ -164,6 +164,38 @@ class QueueTests(TestCase):
         again = await self.queue.claim(5)
         self.assertEqual(sorted((j.payload["n"], j.attempt) for j in again), [(2, 1), (3, 1)])
 
+    async def test_completion_of_a_job_no_longer_running_is_ignored(self) -> None:
+        """
+        A completion for an attempt that is no longer the running one (the
+        job was released, or already completed) writes nothing and says so.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        [r] = await self.queue.enqueue([JobSpec("p", "poll")])
+        [job] = await self.queue.claim(1)
+        await self.queue.release([job])
+        results = await self.queue.complete(
+            job, Completion("succeeded", result="ok", successors=[JobSpec("q", "poll")]))
+        self.assertEqual(results, [])
+        row = await self.queue.get_job(r.job_id)
+        self.assertEqual((row["status"], row["result"]), ("queued", None))
+        self.assertEqual(await self.queue.counts(), {"queued": 1})
+        logged = await self.pool.runQuery("SELECT COUNT(*) FROM job_log")
+        self.assertEqual(logged[0][0], 0)
+        self.assertIn(
+            f"ignoring completion of job {r.job_id} attempt 1: it is no longer running",
+            [formatEvent(e) for e in events],
+        )
+        # The same attempt completed twice: the second is ignored.
+        [job] = await self.queue.claim(1)
+        await self.queue.complete(job, Completion("succeeded", result="first"))
+        await self.queue.complete(job, Completion("failed", error="second"))
+        row = await self.queue.get_job(r.job_id)
+        self.assertEqual((row["status"], row["result"], row["last_error"]), ("succeeded", "first", None))
+
     async def test_started_ignores_a_job_no_longer_running(self) -> None:
         """A late start record does not touch a job that was released or finished meanwhile."""
         [r] = await self.queue.enqueue([JobSpec("p", "poll")])
