@@ -12,7 +12,30 @@ from __future__ import annotations
 
 from typing import Callable
 
-EXPERIMENTS: dict[str, Callable[[], None]] = {}
+def _prefetch(depth_per_worker: int) -> Callable[[], None]:
+    """The dispatcher claims C{depth_per_worker} jobs ahead per worker (library: L{default_prefetch})."""
+
+    def apply() -> None:
+        import ductile.dispatch as dispatch
+
+        init = dispatch.Dispatcher.__init__
+
+        def patched(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            init(self, *args, **kwargs)
+            self.prefetch = self.max_workers * depth_per_worker
+
+        dispatch.Dispatcher.__init__ = patched  # type: ignore[method-assign]
+
+    return apply
+
+
+EXPERIMENTS: dict[str, Callable[[], None]] = {
+    "prefetch-none": _prefetch(0),
+    "prefetch-1": _prefetch(1),
+    "prefetch-2": _prefetch(2),
+    "prefetch-4": _prefetch(4),
+    "prefetch-8": _prefetch(8),
+}
 
 
 def apply(argv: list[str]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
-from ductile.dispatch import Dispatcher
+from ductile.dispatch import Dispatcher, default_prefetch
 from ductile.queue import ClaimedJob, Completion, JobQueue, JobSpec
 from ductile.testing.db import make_queue
 
@@ -94,7 +94,8 @@ class PrefetchTests(TestCase):
         self.queue, self.pool, self.path = make_queue(self, self.clock)
         self.caps = {"serial": 1}
         self.executor = _Executor(self.queue, 2, self.caps)
-        self.dispatcher = Dispatcher(self.clock, self.queue, self.executor, 2, lambda: self.caps)
+        # One claimed ahead per worker: small enough to see every state.
+        self.dispatcher = Dispatcher(self.clock, self.queue, self.executor, 2, lambda: self.caps, prefetch=2)
         self.dispatcher.start()
         self.addCleanup(self._release)
 
@@ -261,3 +262,31 @@ class PrefetchTests(TestCase):
         await self._settle()
         self.assertEqual(dispatcher.claimed, [])
         self.assertEqual((await self.queue.counts()), {"running": 2, "queued": 2})
+
+
+class DefaultPrefetchTests(TestCase):
+    def test_default_prefetch(self) -> None:
+        """Four ahead per worker for small pools, at most 16 unless there are more workers."""
+        self.assertEqual([default_prefetch(n) for n in (1, 2, 4, 8, 32)], [4, 8, 16, 16, 32])
+
+    async def test_capped_plugin_gets_its_share_of_the_prefetch(self) -> None:
+        """
+        With 2 workers and 8 ahead, a plugin capped at 1 has at most 1
+        running and 4 claimed ahead; the rest of its jobs stay queued.
+        """
+        clock = task.Clock()
+        queue, _, _ = make_queue(self, clock)
+        caps = {"serial": 1}
+        executor = _Executor(queue, 2, caps)
+        dispatcher = Dispatcher(clock, queue, executor, 2, lambda: caps)
+        self.assertEqual(dispatcher.prefetch, 8)
+        dispatcher.start()
+        self.addCleanup(dispatcher.stop)
+        self.addCleanup(lambda: [d.callback(None) for d in list(executor.pending.values())] and None)
+        await queue.enqueue([JobSpec("serial", "poll", {"i": i}) for i in range(10)])
+        await executor.until_started(1)
+        for _ in range(3):
+            await queue.started([])
+        self.assertEqual(len(executor.live), 1)
+        self.assertEqual(len(dispatcher.claimed), 4)
+        self.assertEqual(await queue.counts(), {"running": 5, "queued": 5})
