@@ -265,6 +265,8 @@ class PrefetchTests(TestCase):
 
 
 class DefaultPrefetchTests(TestCase):
+    timeout = 10
+
     def test_default_prefetch(self) -> None:
         """Four ahead per worker for small pools, at most 16 unless there are more workers."""
         self.assertEqual([default_prefetch(n) for n in (1, 2, 4, 8, 32)], [4, 8, 16, 16, 32])
@@ -281,8 +283,14 @@ class DefaultPrefetchTests(TestCase):
         dispatcher = Dispatcher(clock, queue, executor, 2, lambda: caps)
         self.assertEqual(dispatcher.prefetch, 8)
         dispatcher.start()
-        self.addCleanup(dispatcher.stop)
-        self.addCleanup(lambda: [d.callback(None) for d in list(executor.pending.values())] and None)
+
+        def release() -> defer.Deferred[None]:
+            stopped = dispatcher.stop()
+            for d in list(executor.pending.values()):
+                d.callback(None)
+            return stopped
+
+        self.addCleanup(release)
         await queue.enqueue([JobSpec("serial", "poll", {"i": i}) for i in range(10)])
         await executor.until_started(1)
         for _ in range(3):
