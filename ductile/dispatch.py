@@ -82,6 +82,7 @@ class Dispatcher:
         self._finishing: set[str] = set()
         queue.on_new_work(self.kick)
         queue.on_completing(self._completing)
+        queue.on_ending(self._ending)
 
     @property
     def running(self) -> list[ClaimedJob]:
@@ -205,9 +206,21 @@ class Dispatcher:
         )
         d.addBoth(self._finished, job, done)
 
+    def _ending(self, job: ClaimedJob) -> None:
+        """
+        A running job's process has ended: its worker takes the next claimed
+        job now.  The claim that refills the prefetch waits for the job's
+        completion (L{_completing}), so that it joins the completion's
+        transaction after it and sees the successors it creates.
+        """
+        if job.id in self._running and job.id not in self._finishing:
+            self._finishing.add(job.id)
+            if not self._stopping:
+                self._start_ready()
+
     def _completing(self, job: ClaimedJob) -> None:
         """A running job's outcome is being committed: its slot is free now."""
-        if job.id in self._running and job.id not in self._finishing:
+        if job.id in self._running:
             self._finishing.add(job.id)
             self.kick()
 

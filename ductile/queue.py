@@ -133,6 +133,7 @@ class JobQueue:
         self.dedupe_ttl = dedupe_ttl
         self._listeners: list[Callable[[], None]] = []
         self._completing: list[Callable[[ClaimedJob], None]] = []
+        self._ending: list[Callable[[ClaimedJob], None]] = []
         self._waiters: list[defer.Deferred[None]] = []
         #: False once we know no job waits for a future retry; set again by
         #: any completion that schedules one.  Lets the dispatcher skip the
@@ -155,6 +156,22 @@ class JobQueue:
         so its claim joins the completion's transaction (one commit per job).
         """
         self._completing.append(listener)
+
+    def on_ending(self, listener: Callable[[ClaimedJob], None]) -> None:
+        """
+        Call C{listener(job)} when C{job}'s plugin process has ended and its
+        completion is about to be worked out (L{ending}): its worker may start
+        the next job at once.
+        """
+        self._ending.append(listener)
+
+    def ending(self, job: ClaimedJob) -> None:
+        """
+        C{job}'s attempt no longer holds a process; its L{complete} follows.
+        Writes nothing: only tells the C{on_ending} listeners.
+        """
+        for listener in self._ending:
+            listener(job)
 
     def changed(self) -> defer.Deferred[None]:
         """Fire once, after the next commit that may have moved any job."""

@@ -66,9 +66,14 @@ class _Executor:
         self._waiting = (n, w)
         return w
 
+    def exit(self, job: ClaimedJob) -> None:
+        """The job's process ends (the executor's runner calls queue.ending)."""
+        del self.live[job.id]
+        self.queue.ending(job)
+
     def finish(self, job: ClaimedJob, completion: Completion = OK) -> defer.Deferred[Any]:
         """Submit the outcome (as the real executor does) and end the job once it commits."""
-        del self.live[job.id]
+        self.live.pop(job.id, None)
         d = self.queue.complete(job, completion)
         d.addCallback(lambda _: self.pending.pop(job.id).callback(None))
         return d
@@ -143,6 +148,42 @@ class PrefetchTests(TestCase):
         self.assertNoResult(committed)
         self.assertEqual([j.payload["i"] for j in self.executor.started], [0, 1, 2])
         await committed
+
+    async def test_process_end_starts_the_next_job_without_a_write(self) -> None:
+        """
+        When a job's process ends (queue.ending), its worker starts the next
+        claimed job at once; the refill claim waits for the completion, so
+        nothing but the start record is submitted before it.
+        """
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(6)])
+        await self.executor.until_started(2)
+        await self._settle()
+        writes = self.queue.writer_stats.writes + len(self.queue._writer._pending)
+        first = self.executor.started[0]
+        self.executor.exit(first)
+        self.assertEqual([j.payload["i"] for j in self.executor.started], [0, 1, 2])
+        self.assertEqual(self.queue.writer_stats.writes + len(self.queue._writer._pending), writes + 1)
+        self.assertFalse(self.dispatcher._claiming)
+        # A second exit of the same job (and its completion) starts nothing more.
+        self.queue.ending(first)
+        await self.executor.finish(first)
+        self.assertEqual(len(self.executor.started), 3)
+        await self._settle()
+        self.assertEqual(self.executor.violations, [])
+        self.assertEqual(len(self.executor.live), 2)
+
+    async def test_process_end_while_stopping_starts_nothing(self) -> None:
+        """After stop(), a process ending does not start a claimed job."""
+        await self.queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(4)])
+        await self.executor.until_started(2)
+        await self._settle()
+        stopped = self.dispatcher.stop()
+        for job in list(self.executor.live.values()):
+            self.executor.exit(job)
+            await self.executor.finish(job)
+        await stopped
+        self.assertEqual(len(self.executor.started), 2)
+        self.assertEqual(await self.queue.counts(), {"succeeded": 2, "queued": 2})
 
     async def test_started_counts_the_attempt_claimed_does_not(self) -> None:
         """
