@@ -184,9 +184,7 @@ class Dispatcher:
         self._ready = waiting
         # Recorded first, so it precedes the completion in the same commit
         # when the job ends at once; nobody waits for it.
-        self._queue.started(starting).addErrback(
-            lambda f: self.log.failure("recording the start of {count} jobs failed", f, count=len(starting))
-        )
+        self._queue.started(starting).addErrback(self._start_not_recorded, starting)
         # Every one holds its worker before any executor runs: an executor may
         # finish synchronously and kick() again from inside this loop.
         started = []
@@ -196,6 +194,18 @@ class Dispatcher:
             started.append((job, done))
         for job, done in started:
             self._run(job, done)
+
+    def _start_not_recorded(self, failure: Any, jobs: list[ClaimedJob]) -> None:
+        """
+        The jobs run anyway; if the daemon crashed now, recovery would put
+        them back as the same attempt (they would run again, uncounted).
+        """
+        ids = ", ".join(job.id for job in jobs)
+        if failure.check(StorageUnavailable):
+            self.log.warn("cannot record the start of job(s) {job_ids}: {error}", job_ids=ids,
+                          error=str(failure.value))
+        else:
+            self.log.failure("recording the start of job(s) {job_ids} failed", failure, job_ids=ids)
 
     def _run(self, job: ClaimedJob, done: defer.Deferred[None]) -> None:
         d = defer.maybeDeferred(self._execute, job)

@@ -185,6 +185,27 @@ class PrefetchTests(TestCase):
         self.assertEqual(len(self.executor.started), 2)
         self.assertEqual(await self.queue.counts(), {"succeeded": 2, "queued": 2})
 
+    async def test_start_not_recorded_still_runs(self) -> None:
+        """
+        When the start record cannot be written (storage unavailable), the
+        job runs anyway and a warning names it; no error is logged.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from ductile.errors import StorageUnavailable
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.patch(self.queue, "started", lambda jobs: defer.fail(StorageUnavailable("database or disk is full")))
+        [r] = await self.queue.enqueue([JobSpec("p", "poll", {"i": 0})])
+        await self.executor.until_started(1)
+        self.assertIn(
+            f"cannot record the start of job(s) {r.job_id}: database or disk is full",
+            [formatEvent(e) for e in events],
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     async def test_started_counts_the_attempt_claimed_does_not(self) -> None:
         """
         After a crash, the running job (its start committed) is dead with
