@@ -79,7 +79,11 @@ class Dispatcher:
         self._stopping = False
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
+        #: Started jobs not yet finishing, in all and per plugin (kept as
+        #: counts: they are read on every kick).
         self._finishing: set[str] = set()
+        self._busy_count = 0
+        self._busy_by_plugin: dict[str, int] = {}
         queue.on_new_work(self.kick)
         queue.on_completing(self._completing)
         queue.on_ending(self._ending)
@@ -98,10 +102,6 @@ class Dispatcher:
         self._stopping = False
         self.kick()
 
-    def _busy(self) -> list[ClaimedJob]:
-        """Started jobs still holding a worker (not yet submitting their outcome)."""
-        return [job for job, _ in self._running.values() if job.id not in self._finishing]
-
     def kick(self) -> None:
         """Start what the caps allow, and claim ahead up to the prefetch."""
         if self._stopping:
@@ -111,13 +111,10 @@ class Dispatcher:
         if self._claiming:
             self._again = True
             return
-        busy = self._busy()
-        want = self.max_workers - len(busy) + self.prefetch - len(self._ready)
+        want = self.max_workers - self._busy_count + self.prefetch - len(self._ready)
         if want <= 0:
             return
-        held: dict[str, int] = {}
-        for job in busy:
-            held[job.plugin] = held.get(job.plugin, 0) + 1
+        held = dict(self._busy_by_plugin)
         for job in self._ready:
             held[job.plugin] = held.get(job.plugin, 0) + 1
         # Per plugin: its free workers now, plus its share of the prefetch
@@ -161,14 +158,13 @@ class Dispatcher:
 
     def _start_ready(self) -> None:
         """Start claimed jobs, oldest first, while a worker and their plugin's cap allow."""
-        busy = self._busy()
-        free = self.max_workers - len(busy)
-        if free <= 0 or not self._ready:
+        if not self._ready:
+            return
+        free = self.max_workers - self._busy_count
+        if free <= 0:
             return
         caps = self._plugin_caps()
-        running_by_plugin: dict[str, int] = {}
-        for job in busy:
-            running_by_plugin[job.plugin] = running_by_plugin.get(job.plugin, 0) + 1
+        running_by_plugin = self._busy_by_plugin
         starting: list[ClaimedJob] = []
         waiting: list[ClaimedJob] = []
         for job in self._ready:
@@ -181,6 +177,7 @@ class Dispatcher:
                 waiting.append(job)
         if not starting:
             return
+        self._busy_count += len(starting)
         self._ready = waiting
         # Recorded first, so it precedes the completion in the same commit
         # when the job ends at once; nobody waits for it.
@@ -223,18 +220,30 @@ class Dispatcher:
         completion (L{_completing}), so that it joins the completion's
         transaction after it and sees the successors it creates.
         """
-        if job.id in self._running and job.id not in self._finishing:
-            self._finishing.add(job.id)
-            if not self._stopping:
-                self._start_ready()
+        if self._free_worker(job) and not self._stopping:
+            self._start_ready()
 
     def _completing(self, job: ClaimedJob) -> None:
         """A running job's outcome is being committed: its slot is free now."""
         if job.id in self._running:
-            self._finishing.add(job.id)
+            self._free_worker(job)
             self.kick()
 
+    def _free_worker(self, job: ClaimedJob) -> bool:
+        """C{job} no longer holds its worker; False if it already did not."""
+        if job.id not in self._running or job.id in self._finishing:
+            return False
+        self._finishing.add(job.id)
+        self._busy_count -= 1
+        n = self._busy_by_plugin[job.plugin] - 1
+        if n:
+            self._busy_by_plugin[job.plugin] = n
+        else:
+            del self._busy_by_plugin[job.plugin]
+        return True
+
     def _finished(self, _: Any, job: ClaimedJob, done: defer.Deferred[None]) -> None:
+        self._free_worker(job)
         self._running.pop(job.id, None)
         self._finishing.discard(job.id)
         done.callback(None)

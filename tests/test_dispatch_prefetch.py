@@ -283,11 +283,17 @@ class PrefetchTests(TestCase):
                 await self.executor.until_started(len(self.executor.started) + 1)
                 continue
             step += 1
-            await self.executor.finish(live[step % len(live)])
+            job = live[step % len(live)]
+            if step % 2:
+                self.executor.exit(job)  # the process ends first, then the outcome
+            await self.executor.finish(job)
         self.assertEqual(self.executor.violations, [])
         self.assertEqual(self.executor.most_at_once, 2)
         self.assertEqual(sorted(j.payload["i"] for j in self.executor.started), list(range(30)))
         self.assertEqual(await self.queue.counts(), {"succeeded": 30})
+        # The worker accounting is back to idle.
+        self.assertEqual((self.dispatcher._busy_count, self.dispatcher._busy_by_plugin), (0, {}))
+        self.assertEqual(self.dispatcher.running, [])
 
     async def test_dedupe_key_never_runs_twice(self) -> None:
         """
