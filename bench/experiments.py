@@ -5,8 +5,10 @@ fig_pipeline.py and fig_queue.py).  Never used by default.
 
 The experiments measured so far (group-commit callbacks while busy, the
 end-of-iteration flush, a sender pool sized to the workers) are now the
-library's own behaviour, so the registry is empty; add the next candidate
-here as a function and an entry in L{EXPERIMENTS}.
+library's own behaviour.  The registry holds the dispatcher's prefetch depth
+(C{prefetch-none}: claim only for free workers, as before prefetch;
+C{prefetch-N}: N claimed ahead per worker); add the next candidate here as a
+function and an entry in L{EXPERIMENTS}.
 """
 from __future__ import annotations
 
