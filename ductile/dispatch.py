@@ -79,9 +79,11 @@ class Dispatcher:
         self._stopping = False
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
-        #: Started jobs not yet finishing, in all and per plugin (kept as
-        #: counts: they are read on every kick).
+        #: Started jobs whose process has ended or whose outcome is being
+        #: committed: they no longer hold a worker.
         self._finishing: set[str] = set()
+        #: Started jobs still holding a worker, in all and per plugin (kept
+        #: as counts: they are read on every kick).
         self._busy_count = 0
         self._busy_by_plugin: dict[str, int] = {}
         queue.on_new_work(self.kick)
