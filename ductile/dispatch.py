@@ -68,6 +68,9 @@ class Dispatcher:
         self._execute = execute
         self.max_workers = max(1, max_workers)
         self.prefetch = default_prefetch(self.max_workers) if prefetch is None else max(0, prefetch)
+        #: While every worker is busy, claim again only once this many are
+        #: missing from the prefetch (half of it).
+        self._refill_at = max(1, self.prefetch // 2)
         self._plugin_caps = plugin_caps
         self._running: dict[str, tuple[ClaimedJob, defer.Deferred[Any]]] = {}
         #: Claimed, not started (oldest first).
@@ -113,8 +116,13 @@ class Dispatcher:
         if self._claiming:
             self._again = True
             return
-        want = self.max_workers - self._busy_count + self.prefetch - len(self._ready)
+        idle = self.max_workers - self._busy_count
+        want = idle + self.prefetch - len(self._ready)
         if want <= 0:
+            return
+        if idle <= 0 and want < self._refill_at:
+            # Every worker is busy and enough are claimed ahead: refill in
+            # larger claims rather than one job per commit.
             return
         held = dict(self._busy_by_plugin)
         for job in self._ready:

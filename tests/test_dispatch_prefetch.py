@@ -366,3 +366,70 @@ class DefaultPrefetchTests(TestCase):
         self.assertEqual(len(executor.live), 1)
         self.assertEqual(len(dispatcher.claimed), 4)
         self.assertEqual(await queue.counts(), {"running": 5, "queued": 5})
+
+
+class RefillTests(TestCase):
+    timeout = 10
+
+    async def test_refills_in_batches_while_all_workers_are_busy(self) -> None:
+        """
+        With every worker busy, the prefetch is refilled once half of it is
+        used, in one claim, not one claim per finished job.
+        """
+        clock = task.Clock()
+        queue, _, _ = make_queue(self, clock)
+        executor = _Executor(queue, 2, {})
+        dispatcher = Dispatcher(clock, queue, executor, 2, lambda: {})
+        self.assertEqual(dispatcher.prefetch, 8)
+        dispatcher.start()
+
+        def release() -> defer.Deferred[None]:
+            stopped = dispatcher.stop()
+            for d in list(executor.pending.values()):
+                d.callback(None)
+            return stopped
+
+        self.addCleanup(release)
+        await queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(20)])
+        await executor.until_started(2)
+        for _ in range(3):
+            await queue.started([])
+        self.assertEqual(len(dispatcher.claimed), 8)
+        claims = []
+        claim = queue.claim
+        self.patch(queue, "claim", lambda *a, **kw: (claims.append(a[0]), claim(*a, **kw))[1])
+        for n in range(3):
+            job = next(iter(executor.live.values()))
+            executor.exit(job)
+            await executor.finish(job)
+            self.assertEqual(claims, [], f"claimed after {n + 1} finished")
+        self.assertEqual(len(dispatcher.claimed), 5)
+        job = next(iter(executor.live.values()))
+        executor.exit(job)
+        await executor.finish(job)
+        self.assertEqual(claims, [4])
+        for _ in range(3):
+            await queue.started([])
+        self.assertEqual(len(dispatcher.claimed), 8)
+        self.assertEqual(len(executor.live), 2)
+
+    async def test_idle_worker_claims_at_once(self) -> None:
+        """A worker left idle (nothing claimed it can start) claims even a single job."""
+        clock = task.Clock()
+        queue, _, _ = make_queue(self, clock)
+        executor = _Executor(queue, 2, {})
+        dispatcher = Dispatcher(clock, queue, executor, 2, lambda: {})
+        dispatcher.start()
+
+        def release() -> defer.Deferred[None]:
+            stopped = dispatcher.stop()
+            for d in list(executor.pending.values()):
+                d.callback(None)
+            return stopped
+
+        self.addCleanup(release)
+        await queue.enqueue([JobSpec("p", "poll", {"i": 0})])
+        await executor.until_started(1)
+        await queue.enqueue([JobSpec("p", "poll", {"i": 1})])
+        await executor.until_started(2)
+        self.assertEqual(sorted(j.payload["i"] for j in executor.started), [0, 1])
