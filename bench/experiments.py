@@ -5,9 +5,11 @@ fig_pipeline.py and fig_queue.py).  Never used by default.
 
 The experiments measured so far (group-commit callbacks while busy, the
 end-of-iteration flush, a sender pool sized to the workers) are now the
-library's own behaviour.  What remains are two probes, used to find where
-the ingress time goes; add the next candidate here as a function and an
-entry in L{EXPERIMENTS}.
+library's own behaviour.  The registry holds two probes used to find where
+the ingress time goes (C{db-timing}, C{no-enqueue-sql}) and the dispatcher's
+prefetch depth (C{prefetch-none}: claim only for free workers, as before
+prefetch; C{prefetch-N}: N claimed ahead per worker); add the next candidate
+here as a function and an entry in L{EXPERIMENTS}.
 """
 from __future__ import annotations
 
@@ -96,9 +98,35 @@ def no_enqueue_sql() -> None:
         return [[queue.EnqueueResult(new_id()) for _ in specs] for specs, _ in items]
 
     queue.JobQueue._insert_batch = nothing
+    queue.JobQueue._insert_alone = nothing
 
 
-EXPERIMENTS: dict[str, Callable[[], None]] = {"db-timing": db_timing, "no-enqueue-sql": no_enqueue_sql}
+def _prefetch(depth_per_worker: int) -> Callable[[], None]:
+    """The dispatcher claims C{depth_per_worker} jobs ahead per worker (library: L{default_prefetch})."""
+
+    def apply() -> None:
+        import ductile.dispatch as dispatch
+
+        init = dispatch.Dispatcher.__init__
+
+        def patched(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            init(self, *args, **kwargs)
+            self.prefetch = self.max_workers * depth_per_worker
+
+        dispatch.Dispatcher.__init__ = patched  # type: ignore[method-assign]
+
+    return apply
+
+
+EXPERIMENTS: dict[str, Callable[[], None]] = {
+    "db-timing": db_timing,
+    "no-enqueue-sql": no_enqueue_sql,
+    "prefetch-none": _prefetch(0),
+    "prefetch-1": _prefetch(1),
+    "prefetch-2": _prefetch(2),
+    "prefetch-4": _prefetch(4),
+    "prefetch-8": _prefetch(8),
+}
 
 
 def apply(argv: list[str]) -> None:

@@ -157,7 +157,9 @@ class JobExecutor:
             job_id=job.id, plugin=job.plugin, command=job.command, attempt=job.attempt,
             max_attempts=job.max_attempts,
         )
-        outcome = await self._runner.run(plugin, request, timeout)
+        # The worker is handed on as soon as the process ends, before its
+        # output is parsed and routed (see JobQueue.ending).
+        outcome = await self._runner.run(plugin, request, timeout, on_exit=lambda: self._queue.ending(job))
         self._metrics.plugin_run(
             job.plugin, "ok" if outcome.error is None else ("timed_out" if outcome.timed_out else "error"),
             outcome.duration,

@@ -134,6 +134,7 @@ class JobQueue:
         self.dedupe_ttl = dedupe_ttl
         self._listeners: list[Callable[[], None]] = []
         self._completing: list[Callable[[ClaimedJob], None]] = []
+        self._ending: list[Callable[[ClaimedJob], None]] = []
         self._waiters: list[defer.Deferred[None]] = []
         #: False once we know no job waits for a future retry; set again by
         #: any completion that schedules one.  Lets the dispatcher skip the
@@ -157,6 +158,22 @@ class JobQueue:
         so its claim joins the completion's transaction (one commit per job).
         """
         self._completing.append(listener)
+
+    def on_ending(self, listener: Callable[[ClaimedJob], None]) -> None:
+        """
+        Call C{listener(job)} when C{job}'s plugin process has ended and its
+        completion is about to be worked out (L{ending}): its worker may start
+        the next job at once.
+        """
+        self._ending.append(listener)
+
+    def ending(self, job: ClaimedJob) -> None:
+        """
+        C{job}'s attempt no longer holds a process; its L{complete} follows.
+        Writes nothing: only tells the C{on_ending} listeners.
+        """
+        for listener in self._ending:
+            listener(job)
 
     def changed(self) -> defer.Deferred[None]:
         """Fire once, after the next commit that may have moved any job."""
@@ -187,6 +204,11 @@ class JobQueue:
         Move up to C{limit} due jobs to C{running}, oldest first, respecting
         per-plugin free slots (C{plugin_slots[name]}, else C{default_slots}).
         A job whose dedupe key is already running for the same target waits.
+
+        A claimed job is C{running} with C{started_at} NULL: claimed, not yet
+        started.  Until L{started} records its start, crash recovery puts it
+        back as the same attempt (the dispatcher claims ahead of free workers,
+        so a claimed job may wait for one).
         """
         now = self._clock.seconds()
         slots = dict(plugin_slots or {})
@@ -208,6 +230,24 @@ class JobQueue:
     def _retry_scheduled(self) -> None:
         self.retries_may_be_pending = True
         self._retry_generation += 1
+
+    def started(self, jobs: Sequence[ClaimedJob]) -> defer.Deferred[None]:
+        """
+        Record that C{jobs}' attempts have begun (their C{started_at}), so
+        crash recovery counts them.  The caller does not wait for it: it rides
+        in the next group commit, and until then a crash requeues the job as
+        the same attempt (it runs again; the attempt is not counted).
+        """
+        now = self._clock.seconds()
+
+        def mark(txn: Any) -> None:
+            for job in jobs:
+                txn.execute(
+                    "UPDATE job_queue SET started_at=? WHERE id=? AND status='running' AND attempt=?",
+                    (now, job.id, job.attempt),
+                )
+
+        return self._writer.submit(mark)
 
     def release(self, jobs: Sequence[ClaimedJob]) -> defer.Deferred[None]:
         """
@@ -232,7 +272,10 @@ class JobQueue:
         """
         Crash recovery (contract §4.5): jobs left C{running} go back to
         C{queued} at once with the next attempt, or C{dead} when out of
-        attempts.  Returns C{(job_id, plugin, new_status)} for each.
+        attempts.  A job claimed but never started (C{started_at} NULL, see
+        L{claim}) goes back to C{queued} as the same attempt: it never ran, or
+        ran for less than the one commit that would have recorded its start.
+        Returns C{(job_id, plugin, new_status)} for each.
         C{hooks(txn, job_id, now)} (L{ductile.hooks.RecoveryHooks}) gives the
         jobs a dead one fires; they are created in the same transaction.
         """
@@ -595,24 +638,42 @@ class JobQueue:
                     state=json.loads(row[13]) if row[13] else {},
                 )
             )
-        for job in claimed:
+        if claimed:
+            # Two statements however many were claimed: each execute hands the
+            # GIL to the reactor thread and back.
             txn.execute(
-                "UPDATE job_queue SET status='running', started_at=?, next_retry_at=NULL WHERE id=?",
-                (now, job.id),
+                "UPDATE job_queue SET status='running', started_at=NULL, next_retry_at=NULL WHERE id IN ("
+                + ",".join("?" * len(claimed)) + ")",
+                [job.id for job in claimed],
             )
-            _transition(txn, job.id, QUEUED, RUNNING, f"attempt {job.attempt}", now)
+            txn.executemany(
+                "INSERT INTO job_transitions (job_id, from_status, to_status, reason, created_at) "
+                "VALUES (?,?,?,?,?)",
+                [(job.id, QUEUED, RUNNING, f"attempt {job.attempt}", now) for job in claimed],
+            )
         return claimed
 
     def _complete(self, txn: Any, job: ClaimedJob, c: Completion, now: float) -> list[EnqueueResult]:
-        txn.execute("SELECT status, attempt FROM job_queue WHERE id=?", (job.id,))
-        row = txn.fetchone()
-        if row is None or row[0] != RUNNING or row[1] != job.attempt:
+        # The guarded UPDATE is also the check that this attempt is still the
+        # job's running one (no separate SELECT: one statement less per job).
+        if c.status == QUEUED:
+            txn.execute(
+                "UPDATE job_queue SET status='queued', attempt=attempt+?, next_retry_at=?, last_error=?, "
+                "started_at=NULL WHERE id=? AND status='running' AND attempt=?",
+                (1 if c.count_attempt else 0, c.next_retry_at, c.error, job.id, job.attempt),
+            )
+        else:
+            txn.execute(
+                "UPDATE job_queue SET status=?, completed_at=?, last_error=?, result=? "
+                "WHERE id=? AND status='running' AND attempt=?",
+                (c.status, now, c.error, None if c.result is None else _dumps(c.result), job.id, job.attempt),
+            )
+        if txn.rowcount != 1:
             self.log.warn(
                 "ignoring completion of job {job_id} attempt {attempt}: it is no longer running",
                 job_id=job.id, attempt=job.attempt,
             )
             return []
-        result_text = None if c.result is None else _dumps(c.result)
         if c.relay_attempt is not None:
             r = c.relay_attempt
             txn.execute(
@@ -625,17 +686,8 @@ class JobQueue:
             _job_log(txn, job.id, job.plugin, job.command, log_status, job.attempt, c.stdout, c.error,
                      c.stderr, c.duration, now)
         if c.status == QUEUED:
-            txn.execute(
-                "UPDATE job_queue SET status='queued', attempt=attempt+?, next_retry_at=?, last_error=?, "
-                "started_at=NULL WHERE id=?",
-                (1 if c.count_attempt else 0, c.next_retry_at, c.error, job.id),
-            )
             _transition(txn, job.id, RUNNING, QUEUED, c.error or "retry", now)
             return []
-        txn.execute(
-            "UPDATE job_queue SET status=?, completed_at=?, last_error=?, result=? WHERE id=?",
-            (c.status, now, c.error, result_text, job.id),
-        )
         _transition(txn, job.id, RUNNING, c.status, c.error or "", now)
         if c.state_updates:
             txn.execute("SELECT state FROM plugin_state WHERE plugin_name=?", (job.plugin,))
@@ -652,10 +704,17 @@ class JobQueue:
     def _recover(
         self, txn: Any, now: float, hooks: Callable[[Any, str, float], Sequence[JobSpec]] | None = None
     ) -> list[tuple[str, str, str]]:
-        txn.execute("SELECT id, plugin, attempt, max_attempts FROM job_queue WHERE status='running'")
+        txn.execute("SELECT id, plugin, attempt, max_attempts, started_at FROM job_queue WHERE status='running'")
         out = []
-        for job_id, plugin, attempt, max_attempts in txn.fetchall():
-            if attempt + 1 <= max_attempts:
+        for job_id, plugin, attempt, max_attempts, started_at in txn.fetchall():
+            if started_at is None:
+                txn.execute(
+                    "UPDATE job_queue SET status='queued', next_retry_at=NULL WHERE id=?",
+                    (job_id,),
+                )
+                _transition(txn, job_id, RUNNING, QUEUED, "crash recovery: claimed, never started", now)
+                out.append((job_id, plugin, QUEUED))
+            elif attempt + 1 <= max_attempts:
                 txn.execute(
                     "UPDATE job_queue SET status='queued', attempt=attempt+1, started_at=NULL, "
                     "next_retry_at=NULL, last_error=? WHERE id=?",
@@ -699,8 +758,9 @@ class JobQueue:
         """
         Make every queued job of C{plugins} C{dead} with C{reason} (what a
         config reload does to the waiting work of plugins it removed or
-        disabled, contract §4.2); fire with their ids.  Running jobs are
-        left to finish.
+        disabled, contract §4.2); fire with their ids.  So are jobs claimed
+        ahead but not started (a claim that was in flight); running jobs
+        are left to finish.
         """
         names = sorted(set(plugins))
         now = self._clock.seconds()
@@ -708,14 +768,18 @@ class JobQueue:
         def kill(txn: Any) -> list[str]:
             ids: list[str] = []
             for name in names:
-                txn.execute("SELECT id, attempt FROM job_queue WHERE status='queued' AND plugin=?", (name,))
-                for job_id, attempt in txn.fetchall():
+                txn.execute(
+                    "SELECT id, status FROM job_queue WHERE plugin=? AND "
+                    "(status='queued' OR (status='running' AND started_at IS NULL))",
+                    (name,),
+                )
+                for job_id, status in txn.fetchall():
                     txn.execute(
                         "UPDATE job_queue SET status='dead', completed_at=?, last_error=?, next_retry_at=NULL "
-                        "WHERE id=? AND status='queued'",
-                        (now, reason, job_id),
+                        "WHERE id=? AND status=?",
+                        (now, reason, job_id, status),
                     )
-                    _transition(txn, job_id, QUEUED, DEAD, reason, now)
+                    _transition(txn, job_id, status, DEAD, reason, now)
                     ids.append(job_id)
             return ids
 

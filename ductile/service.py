@@ -276,6 +276,9 @@ class DuctileService(service.Service):
         # Submitted before the claim the kick starts, so the writer makes
         # the removed plugins' queued jobs dead before anything can claim them.
         gone = [name for name in old.plugins if name not in instance.plugins]
+        # Jobs claimed ahead under the old config go back first (same batch,
+        # in order), so the removed plugins' ones are made dead with the rest.
+        self.dispatcher.release_claimed()
         killed = self.queue.kill_queued(gone, REMOVED_PLUGIN_REASON)
         self.dispatcher.kick()
         # The report comes once the new schedules are armed.

@@ -136,6 +136,7 @@ class ExecutorTests(TestCase):
         self.assertEqual(job["status"], "succeeded")
         [claimed] = await self.queue.claim(1)  # step two starts ... and the process dies.
         self.assertEqual(claimed.plugin, "step-two")
+        await self.queue.started([claimed])
         self.pool.close()
 
         queue2, pool2, _ = make_queue(self, self.clock, path=self.db_path)

@@ -239,7 +239,8 @@ class HookExecutorTests(TestCase):
         self.executor([ON_FAILED], notifier={}, worker={"notify": True})
         [dead] = await self.queue.enqueue([JobSpec("worker", "poll", max_attempts=1)])
         [requeued] = await self.queue.enqueue([JobSpec("worker", "poll", max_attempts=3, dedupe_key="other")])
-        await self.queue.claim(2)
+        # Started (not only claimed ahead): recovery counts the attempt.
+        await self.queue.started(await self.queue.claim(2))
         recovered = await self.queue.recover(hooks=RecoveryHooks(self.config, self.router))
         self.assertEqual(sorted(s for _, _, s in recovered), ["dead", "queued"])
         hooks_made = [j for j in await self.jobs() if j["submitted_by"] == "hook"]
@@ -260,7 +261,7 @@ class HookExecutorTests(TestCase):
         [d] = self.router.route_hook(event, "looper", {hooks.HOOK_DEPTH: 1})
         spec = dispatch_to_spec(d, self.config, submitted_by="hook", source_event_id=event.event_id)
         await self.queue.enqueue([JobSpec("looper", "poll", max_attempts=1), spec])
-        await self.queue.claim(2)
+        await self.queue.started(await self.queue.claim(2))
         await self.queue.recover(hooks=RecoveryHooks(self.config, self.router))
         jobs = await self.jobs()
         self.assertEqual(len(jobs), 3)  # the plain root fired one hook; the hook job at depth 1 fired none

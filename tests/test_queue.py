@@ -118,14 +118,92 @@ class QueueTests(TestCase):
         self.assertEqual(await self.queue.claim(5), [])
 
     async def test_crash_recovery(self) -> None:
-        """Running jobs are requeued with the next attempt, or dead when out of attempts."""
+        """Started jobs are requeued with the next attempt, or dead when out of attempts."""
         [a, b] = await self.queue.enqueue([JobSpec("p", "poll", max_attempts=4), JobSpec("q", "poll", max_attempts=1)])
-        await self.queue.claim(5)
+        await self.queue.started(await self.queue.claim(5))
         recovered = await self.queue.recover()
         self.assertEqual(sorted(s for _, _, s in recovered), ["dead", "queued"])
         job_a = await self.queue.get_job(a.job_id)
         self.assertEqual((job_a["status"], job_a["attempt"]), ("queued", 2))
         self.assertEqual((await self.queue.get_job(b.job_id))["status"], "dead")
+
+    async def test_claim_is_not_a_start(self) -> None:
+        """A claimed job is running with no started_at until started() records its start."""
+        [r] = await self.queue.enqueue([JobSpec("p", "poll")])
+        [job] = await self.queue.claim(1)
+        row = await self.queue.get_job(r.job_id)
+        self.assertEqual((row["status"], row["started_at"]), ("running", None))
+        self.clock.advance(5)
+        await self.queue.started([job])
+        self.assertEqual((await self.queue.get_job(r.job_id))["started_at"], self.clock.seconds())
+
+    async def test_recovery_requeues_unstarted_claims_as_same_attempt(self) -> None:
+        """
+        A job claimed but never started goes back to queued as the same
+        attempt, even with no attempts left; a started one beside it counts
+        its attempt (and is dead with max_attempts=1).
+        """
+        [a, b, c] = await self.queue.enqueue([
+            JobSpec("p", "poll", {"n": 1}, max_attempts=1),
+            JobSpec("p", "poll", {"n": 2}, max_attempts=1),
+            JobSpec("p", "poll", {"n": 3}, max_attempts=3),
+        ])
+        jobs = await self.queue.claim(5)
+        self.assertEqual([j.payload["n"] for j in jobs], [1, 2, 3])
+        await self.queue.started([jobs[0]])
+        recovered = dict((job_id, status) for job_id, _, status in await self.queue.recover())
+        self.assertEqual(recovered, {a.job_id: "dead", b.job_id: "queued", c.job_id: "queued"})
+        job_b = await self.queue.get_job(b.job_id)
+        job_c = await self.queue.get_job(c.job_id)
+        self.assertEqual((job_b["status"], job_b["attempt"]), ("queued", 1))
+        self.assertEqual((job_c["status"], job_c["attempt"]), ("queued", 1))
+        transitions = await self.pool.runQuery(
+            "SELECT from_status, to_status, reason FROM job_transitions WHERE job_id=? ORDER BY id", (b.job_id,))
+        self.assertEqual(tuple(transitions[-1]), ("running", "queued", "crash recovery: claimed, never started"))
+        # Claimable again, still as attempt 1 of 1.
+        again = await self.queue.claim(5)
+        self.assertEqual(sorted((j.payload["n"], j.attempt) for j in again), [(2, 1), (3, 1)])
+
+    async def test_completion_of_a_job_no_longer_running_is_ignored(self) -> None:
+        """
+        A completion for an attempt that is no longer the running one (the
+        job was released, or already completed) writes nothing and says so.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        [r] = await self.queue.enqueue([JobSpec("p", "poll")])
+        [job] = await self.queue.claim(1)
+        await self.queue.release([job])
+        results = await self.queue.complete(
+            job, Completion("succeeded", result="ok", successors=[JobSpec("q", "poll")]))
+        self.assertEqual(results, [])
+        row = await self.queue.get_job(r.job_id)
+        self.assertEqual((row["status"], row["result"]), ("queued", None))
+        self.assertEqual(await self.queue.counts(), {"queued": 1})
+        logged = await self.pool.runQuery("SELECT COUNT(*) FROM job_log")
+        self.assertEqual(logged[0][0], 0)
+        self.assertIn(
+            f"ignoring completion of job {r.job_id} attempt 1: it is no longer running",
+            [formatEvent(e) for e in events],
+        )
+        # The same attempt completed twice: the second is ignored.
+        [job] = await self.queue.claim(1)
+        await self.queue.complete(job, Completion("succeeded", result="first"))
+        await self.queue.complete(job, Completion("failed", error="second"))
+        row = await self.queue.get_job(r.job_id)
+        self.assertEqual((row["status"], row["result"], row["last_error"]), ("succeeded", "first", None))
+
+    async def test_started_ignores_a_job_no_longer_running(self) -> None:
+        """A late start record does not touch a job that was released or finished meanwhile."""
+        [r] = await self.queue.enqueue([JobSpec("p", "poll")])
+        [job] = await self.queue.claim(1)
+        await self.queue.release([job])
+        await self.queue.started([job])
+        row = await self.queue.get_job(r.job_id)
+        self.assertEqual((row["status"], row["started_at"]), ("queued", None))
 
     async def test_state_updates_shallow_merge(self) -> None:
         """state_updates merge shallowly into the plugin's state."""

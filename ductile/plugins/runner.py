@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import signal as signals
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 from twisted.internet import defer
@@ -161,12 +161,21 @@ class ProcessRunner:
         return len(self._running)
 
     def run(
-        self, plugin: Plugin, request: Mapping[str, Any], timeout: float
+        self,
+        plugin: Plugin,
+        request: Mapping[str, Any],
+        timeout: float,
+        on_exit: Callable[[], None] | None = None,
     ) -> "defer.Deferred[RunOutcome]":
         """
         Run C{plugin} once with C{request}; the Deferred always fires with a
         L{RunOutcome} (never errbacks), after the process and every process
         holding its output have ended.
+
+        @param on_exit: called once the process has ended (and every process
+            holding its output), before its output is parsed: the dispatcher
+            starts the next plugin then, and this one's bookkeeping runs
+            while it does.  Not called when the plugin was never spawned.
         """
         if self._closing:
             return defer.succeed(_refused("plugin runner is shutting down"))
@@ -198,6 +207,7 @@ class ProcessRunner:
         proc = _PluginProcess(
             self, plugin, data, timeout, job_id=request.get("job_id"), command=request.get("command")
         )
+        proc.on_exit = on_exit
         self._running.add(proc)
         try:
             # No path=, uid=, gid=: any of them forces fork+exec instead of
@@ -208,6 +218,7 @@ class ProcessRunner:
                 self._reactor.spawnProcess(proc, executable, args, env=env)
         except Exception as e:
             self._running.discard(proc)
+            proc.on_exit = None
             proc.cancel_timers()
             log.warn(
                 "plugin {plugin} could not be spawned: {error}",
@@ -274,6 +285,7 @@ class _PluginProcess(ProcessProtocol):
         self.kill_call: IDelayedCall | None = None
         self.linger_call: IDelayedCall | None = None
         self.waiters: list[defer.Deferred[None]] = []
+        self.on_exit: Callable[[], None] | None = None
 
     # -- process events ----------------------------------------------------
 
@@ -327,6 +339,13 @@ class _PluginProcess(ProcessProtocol):
             # Whatever of the group survived SIGTERM without holding a pipe.
             self._signal(signals.SIGKILL)
         self.runner._ended(self)
+        on_exit, self.on_exit = self.on_exit, None
+        if on_exit is not None:
+            try:
+                on_exit()
+            except Exception:
+                log.failure("the exit hook of plugin {plugin} pid {pid} failed", plugin=self.plugin.name,
+                            pid=self.pid)
         exit_code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         duration = self.clock.seconds() - self.started

@@ -14,9 +14,9 @@ C{/usr/bin/setsid} when they are not.
 """
 from __future__ import annotations
 
+import _signal
 import fcntl
 import os
-import signal
 from typing import Any, Mapping, Sequence
 
 from twisted.internet import process
@@ -35,6 +35,66 @@ def available(reactor: Any) -> bool:
     )
 
 
+def _fd_state(fds: Any) -> list[tuple[int, bool]]:
+    """C{(fd, close_on_exec)} for each of C{fds} that is open."""
+    state = []
+    for fd in fds:
+        try:
+            state.append((fd, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
+        except OSError:
+            pass
+    return state
+
+
+_CLOSE_RANGE_CLOEXEC = 4  # linux/close_range.h
+_close_range: Any = None  # None: not tried yet; False: unavailable
+
+
+def _all_close_on_exec() -> bool:
+    """
+    Mark every descriptor from 3 up close-on-exec, in one
+    C{close_range(3, ~0, CLOSE_RANGE_CLOEXEC)} call (Linux >= 5.11, glibc
+    >= 2.34).  Then a spawn need not list C{/proc/self/fd} and ask each
+    descriptor for its flag (Twisted's way, ~35 syscalls per spawn here) to
+    find the ones to close in the child: none can leak into a plugin.
+    The daemon loses nothing: Python opens every descriptor close-on-exec
+    anyway, and one meant for a child is handed over with C{dup2}, which
+    clears the flag in the child.  False when the call is unavailable; the
+    caller then lists the descriptors as Twisted does.
+    """
+    global _close_range
+    if _close_range is None:
+        _close_range = False
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.close_range
+            fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return False
+        if fn(3, 0xFFFFFFFF, _CLOSE_RANGE_CLOEXEC) != 0:
+            return False
+        _close_range = fn
+        return True
+    if _close_range is False:
+        return False
+    return _close_range(3, 0xFFFFFFFF, _CLOSE_RANGE_CLOEXEC) == 0
+
+
+def _ignored_signals() -> list[int]:
+    """
+    The signals this process ignores, which the child must get back at
+    their defaults.  Read from C{_signal} directly: C{signal.getsignal}
+    wraps every answer in an enum, which costs ~30 us per spawn over
+    C{NSIG} signals.
+    """
+    ign = _signal.SIG_IGN
+    get = _signal.getsignal
+    return [s for s in range(1, _signal.NSIG) if get(s) == ign]
+
+
 class _SessionProcess(process.Process):
     """Twisted's Process, spawned with C{posix_spawnp(..., setsid=True)}."""
 
@@ -45,17 +105,16 @@ class _SessionProcess(process.Process):
         # setsid=True; never given path/uid/gid by the runner.
         if uid is not None or gid is not None or path is not None:
             return False
-        fd_state = []
-        for fd in process._listOpenFDs():
-            try:
-                is_cloexec = fcntl.fcntl(fd, fcntl.F_GETFD, fcntl.FD_CLOEXEC)
-            except OSError:
-                pass
-            else:
-                fd_state.append((fd, is_cloexec))
+        fdmap = kwargs.get("fdmap") or {}
+        if _all_close_on_exec():
+            # Every descriptor from 3 up closes on exec, so the child gets
+            # exactly the ones mapped to it; only those need describing.
+            fd_state = _fd_state(set(fdmap.values()))
+        else:
+            fd_state = _fd_state(process._listOpenFDs())
         if environment is None:
             environment = os.environ
-        ignored = [s for s in range(1, signal.NSIG) if signal.getsignal(s) == signal.SIG_IGN]
+        ignored = _ignored_signals()
         self.pid = os.posix_spawnp(
             executable,
             args,
