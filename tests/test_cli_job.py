@@ -340,3 +340,12 @@ class JobInspectTests(SynchronousTestCase):
         code, out, err = self.inspect("no-such-job-id")
         self.assertEqual((code, out), (1, ""))
         self.assertEqual(err, "ductile job inspect: job no-such-job-id not found\n")
+
+
+class ShownStatusTests(SynchronousTestCase):
+    def test_a_job_claimed_ahead_is_told_apart(self) -> None:
+        """Stored as running (Go's statuses), shown as not started yet."""
+        self.assertEqual(job_cmd.shown_status({"status": "running", "started_at": None}),
+                         "running (claimed, not started)")
+        self.assertEqual(job_cmd.shown_status({"status": "running", "started_at": 5.0}), "running")
+        self.assertEqual(job_cmd.shown_status({"status": "queued", "started_at": None}), "queued")

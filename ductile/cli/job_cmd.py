@@ -134,7 +134,7 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
         fmt.table(
             ("ID", "STATUS", "PLUGIN", "COMMAND", "ATTEMPT", "CREATED", "LAST ERROR"),
             [
-                (j["id"], j["status"], j["plugin"], j["command"], f"{j['attempt']}/{j['max_attempts']}",
+                (j["id"], shown_status(j), j["plugin"], j["command"], f"{j['attempt']}/{j['max_attempts']}",
                  fmt.when(j["created_at"]), fmt.truncate(j["last_error"], 60))
                 for j in jobs
             ],
@@ -160,11 +160,21 @@ def _indent(text: str, prefix: str = "      ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
+def shown_status(job: dict[str, Any]) -> str:
+    """
+    The status for people: a job the dispatcher claimed ahead of a free
+    worker is stored as C{running} (Go's statuses) but has not started.
+    """
+    if job["status"] == "running" and job.get("started_at") is None:
+        return "running (claimed, not started)"
+    return str(job["status"])
+
+
 def render_detail(d: dict[str, Any]) -> str:
     """The human form of L{db.job_detail}."""
     lines = [
         f"Job {d['id']}",
-        f"  status:        {d['status']}",
+        f"  status:        {shown_status(d)}",
         f"  plugin:        {d['plugin']}",
         f"  command:       {d['command']}",
         f"  attempt:       {d['attempt']}/{d['max_attempts']}",
