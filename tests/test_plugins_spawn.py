@@ -77,6 +77,28 @@ class RealSpawnTests(TestCase):
         self.runner = ProcessRunner(reactor, grace=0.5)
         self.addCleanup(self.runner.shutdown, 0.1)
 
+    async def test_missing_or_not_executable_entrypoint_named(self) -> None:
+        """
+        On the posix_spawn path the entrypoint is not checked before each
+        run; a failed spawn still names the problem in the operator's words.
+        """
+        import attrs
+
+        from ductile.plugins.protocol import build_request
+
+        self.assertTrue(self.runner._direct_session)
+        request = build_request(job_id="j", command="poll", config={}, state={}, payload={}, context={},
+                                deadline_at="2030-01-01T00:00:00Z")
+        missing = attrs.evolve(self.plugin, entrypoint=self.plugin.entrypoint + ".gone")
+        outcome = await self.runner.run(missing, request, 5.0)
+        self.assertEqual(outcome.error, f"cannot run plugin: entrypoint not found: {missing.entrypoint}")
+        self.assertTrue(outcome.retryable)
+        os.chmod(self.plugin.entrypoint, 0o644)
+        outcome = await self.runner.run(self.plugin, request, 5.0)
+        self.assertEqual(outcome.error,
+                         f"cannot run plugin: entrypoint is not executable: {self.plugin.entrypoint}")
+        self.assertEqual(self.runner.running, 0)
+
     async def test_only_stdio_reaches_the_plugin(self) -> None:
         """
         A descriptor the daemon left inheritable does not leak into the
