@@ -111,7 +111,7 @@ class DuctileService(service.Service):
 
     async def _start(self) -> None:
         from ductile.hooks import RecoveryHooks
-        from ductile.plugins.runner import ProcessRunner
+        from ductile.plugins.runner import ProcessRunner, minimal_env
         from ductile.relay.acceptor import RelayAcceptor
         from ductile.relay.ingress import ingress_body_limit_for, mount_remote_ingress
         from ductile.relay.sender import RelaySender
@@ -134,7 +134,8 @@ class DuctileService(service.Service):
             self.log.warn("crash recovery: job {job_id} ({plugin}) -> {status}", job_id=job_id, plugin=plugin,
                           status=status)
 
-        self.runner = ProcessRunner(self.reactor)
+        self.runner = ProcessRunner(self.reactor,
+                                    base_env=minimal_env(passthrough=cfg.service.plugin_env_passthrough))
         if any(i.enabled for i in cfg.instances):
             self.sender = RelaySender(self.reactor, cfg.service.name, [i for i in cfg.instances if i.enabled],
                                       max_persistent=max(4, cfg.service.max_workers))
@@ -232,6 +233,7 @@ class DuctileService(service.Service):
         queued jobs of plugins it no longer loads are made dead (contract
         §4.2); fires with their ids.
         """
+        from ductile.plugins.runner import minimal_env
         from ductile.relay.acceptor import RelayAcceptor
         from ductile.relay.sender import RelaySender
         from ductile.scheduler import Scheduler, ScheduleStore
@@ -261,6 +263,7 @@ class DuctileService(service.Service):
         if sender is self.sender and sender is not None:
             sender.update_instances(enabled)
         self.sender = sender
+        self.runner.set_base_env(minimal_env(passthrough=cfg.service.plugin_env_passthrough))
         self._executors.add(executor)
         self.executor = executor
         self.dispatcher.max_workers = max(1, cfg.service.max_workers)

@@ -109,6 +109,9 @@ class ServiceConfig:
     allow_symlinks: bool = False
     #: How many hook jobs deep a chain of lifecycle hooks may go (§3.4).
     hook_max_depth: int = 4
+    #: Names of the daemon's environment variables plugins also get, on top
+    #: of the fixed minimal environment (Go's C{plugin_env_passthrough}).
+    plugin_env_passthrough: tuple[str, ...] = ()
 
 
 @attrs.frozen

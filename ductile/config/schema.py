@@ -91,7 +91,7 @@ SCHEMA: Mapping[str, Node] = {
         "job_transitions_retention": Unimplemented("job_transitions_retention"),
         "job_attempts_retention": Unimplemented("job_attempts_retention"),
         "breaker_transitions_retention": Unimplemented("breaker_transitions_retention"),
-        "plugin_env_passthrough": Unimplemented("plugin_env_passthrough"),
+        "plugin_env_passthrough": ANY,
         "admission": {
             "validate_config_on_boot": ANY,
             "verify_integrity_on_boot": Unimplemented("verify_integrity_on_boot"),

@@ -5,6 +5,7 @@ plugins (with schedules), admin.manhole and pipelines.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from typing import Any
 
@@ -68,7 +69,29 @@ def build_service(at: At) -> ServiceConfig:
         allow_symlinks=at.flag("allow_symlinks", False),
         # Go reads 0 (or less) as "the default"; a negative value is refused here.
         hook_max_depth=at.whole("hook_max_depth", d.hook_max_depth, minimum=0) or d.hook_max_depth,
+        plugin_env_passthrough=_env_names(at, "plugin_env_passthrough"),
     )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_names(at: At, key: str) -> tuple[str, ...]:
+    """A list of environment variable names (each checked; duplicates dropped)."""
+    raw = at.raw(key)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        at.invalid(key, raw, "expected a list of environment variable names, e.g. [AWS_PROFILE, HTTPS_PROXY]")
+        return ()
+    names: list[str] = []
+    for i, item in enumerate(raw):
+        name = item.strip() if isinstance(item, str) else item
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            at.invalid(f"{key}[{i}]", item, "expected an environment variable name (letters, digits, _)")
+        elif name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def strict_requested(service: At) -> bool:

@@ -239,6 +239,10 @@ class ProcessRunner:
             return defer.succeed(_refused(f"cannot spawn plugin {plugin.name}: {e}"))
         return proc.deferred
 
+    def set_base_env(self, env: Mapping[str, str]) -> None:
+        """The environment later runs start from (a config reload)."""
+        self._base_env = dict(env)
+
     def shutdown(self, grace: float | None = None) -> "defer.Deferred[None]":
         """
         Refuse new runs, SIGTERM every running process group, SIGKILL those

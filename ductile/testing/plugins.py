@@ -3,7 +3,8 @@ Real subprocess plugins for tests, written on the fly into a plugin root.
 
 The recorder plugin appends one JSON line per run to C{config.record_file}
 (so a test can count side effects exactly) and can emit an event, fail, or
-fail only on its first N runs.
+fail only on its first N runs; C{config.record_env} (a list of names) also
+records those environment variables as the plugin saw them.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ line = {{
     "payload": request.get("payload"),
     "state": request.get("state"),
 }}
+if config.get("record_env"):
+    line["env"] = {{n: os.environ.get(n) for n in config["record_env"]}}
 runs = 0
 if record:
     if os.path.exists(record):
