@@ -69,3 +69,22 @@ class PassthroughInstanceTests(TestCase):
         self.assertEqual(line["env"]["DUCTILE_TEST_PASSED"], "yes")
         self.assertIsNone(line["env"]["DUCTILE_TEST_HIDDEN"])
         self.assertEqual(line["env"]["PATH"], "/usr/bin:/bin")
+
+        # A reload applies a changed list to the runs after it.
+        write_config(cfg, {"config.yaml": {
+            "service": {"name": "env-test", "plugin_env_passthrough": ["DUCTILE_TEST_HIDDEN"]},
+            "plugin_roots": [plugins],
+            "plugins": {"probe": {"config": {
+                "record_file": records, "record_env": ["DUCTILE_TEST_PASSED", "DUCTILE_TEST_HIDDEN", "PATH"],
+            }}},
+        }})
+        await service.reload()
+        await service.queue.enqueue([JobSpec("probe", "poll")])
+
+        async def two() -> Any:
+            lines = await recorded()
+            return lines if lines and len(lines) == 2 else None
+
+        [_, after] = await wait_until(service, two)
+        self.assertEqual((after["env"]["DUCTILE_TEST_PASSED"], after["env"]["DUCTILE_TEST_HIDDEN"]),
+                         (None, "secret-ish"))
