@@ -67,27 +67,12 @@ class _RestartOnly:
     show: bool = True
 
 
-def _service(field: str) -> _RestartOnly:
+def _setting(section: str, field: str) -> _RestartOnly:
+    """C{section.field} of a config section that is always present."""
     return _RestartOnly(
-        f"service.{field}",
-        lambda c: getattr(c.service, field),
-        lambda c, v: attrs.evolve(c, service=attrs.evolve(c.service, **{field: v})),
-    )
-
-
-def _api(field: str) -> _RestartOnly:
-    return _RestartOnly(
-        f"api.{field}",
-        lambda c: getattr(c.api, field),
-        lambda c, v: attrs.evolve(c, api=attrs.evolve(c.api, **{field: v})),
-    )
-
-
-def _state(field: str) -> _RestartOnly:
-    return _RestartOnly(
-        f"state.{field}",
-        lambda c: getattr(c.state, field),
-        lambda c, v: attrs.evolve(c, state=attrs.evolve(c.state, **{field: v})),
+        f"{section}.{field}",
+        lambda c: getattr(getattr(c, section), field),
+        lambda c, v: attrs.evolve(c, **{section: attrs.evolve(getattr(c, section), **{field: v})}),
     )
 
 
@@ -111,16 +96,16 @@ def _whole(key: str, show: bool = False) -> _RestartOnly:
 #: Order matters: C{remote_ingress} as a whole (present or not) is settled
 #: before its fields are compared.
 RESTART_ONLY: tuple[_RestartOnly, ...] = (
-    _service("name"),
-    _service("log_level"),
-    _service("log_format"),
-    _state("path"),
-    _state("synchronous"),
-    _api("enabled"),
-    _api("listen"),
-    _api("max_body_size"),
-    _api("read_timeout"),
-    _api("max_connections"),
+    _setting("service", "name"),
+    _setting("service", "log_level"),
+    _setting("service", "log_format"),
+    _setting("state", "path"),
+    _setting("state", "synchronous"),
+    _setting("api", "enabled"),
+    _setting("api", "listen"),
+    _setting("api", "max_body_size"),
+    _setting("api", "read_timeout"),
+    _setting("api", "max_connections"),
     _RestartOnly(
         "remote_ingress",
         lambda c: c.remote_ingress is not None,
