@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from ductile.events import new_id
 from ductile.store.schema import ENQUEUE_VIEW, ENQUEUE_VIEW_COLUMNS
-from ductile.store.writer import GroupCommitWriter
+from ductile.store.writer import AlreadyWritten, GroupCommitWriter
 
 T = TypeVar("T")
 
@@ -555,7 +555,10 @@ class JobQueue:
         # Each inserted job is its row plus its "enqueued" transition (a
         # trigger), plus its context when it has one.
         if connection.total_changes - before != 2 * len(inserted) + contexts:
-            self._resolve_dropped(txn, inserted)
+            try:
+                self._resolve_dropped(txn, inserted)
+            except Exception as e:
+                raise AlreadyWritten("enqueued, but which were duplicates is unknown") from e
         for entry, first in later:
             result = first.results[first.index]
             entry.results[entry.index] = EnqueueResult(result.job_id, deduplicated=True)

@@ -234,3 +234,32 @@ class CopyJsonTests(TestCase):
     def test_tuples_become_lists(self) -> None:
         """As through a JSON round trip."""
         self.assertEqual(copy_json({"t": (1, {"x": 2})}), {"t": [1, {"x": 2}]})
+
+
+class AloneStatementFailureTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_800_000_000)
+        self.queue, self.pool, self.path = make_queue(self, self.clock, dedupe_ttl=3600)
+
+    async def test_failure_after_the_statement_is_not_rerun(self) -> None:
+        """
+        If finding the duplicates fails after the one statement committed,
+        the callers get the storage error and nothing is written again by a
+        rerun (a job without a dedupe key would otherwise be made twice).
+        """
+        from ductile.errors import StorageUnavailable
+
+        await self.queue.enqueue([JobSpec("p", "handle", dedupe_key="dup")])
+
+        def broken(txn, inserted):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.patch(self.queue, "_resolve_dropped", broken)
+        ds = [self.queue.enqueue([JobSpec("p", "handle", dedupe_key="dup")]),
+              self.queue.enqueue([JobSpec("p", "handle", {"plain": True})])]
+        for d in ds:
+            with self.assertRaises(StorageUnavailable):
+                await d
+        self.assertEqual(_rows(self.path, "SELECT COUNT(*) FROM job_queue WHERE payload='{\"plain\":true}'"),
+                         [(1,)])

@@ -53,9 +53,18 @@ class WriteGroup(Protocol[Item]):
         Called instead of L{run} when these items are the whole batch, with
         no transaction open: do them as one atomic statement (its own
         transaction), or return C{None} having written nothing, and L{run}
-        is used inside the usual transaction.
+        is used inside the usual transaction.  An exception means nothing
+        was written (the batch is rerun), unless it is L{AlreadyWritten}.
         """
         ...
+
+
+class AlreadyWritten(Exception):
+    """
+    Raised (from the real error) by a L{WriteGroup.run_alone} that failed
+    after its statement committed: the batch fails without a rerun, which
+    would write the rows a second time.
+    """
 
 _STORAGE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
@@ -226,6 +235,9 @@ def _run_batch(txn: Any, units: list[_Unit]) -> list[tuple[bool, Any]]:
     if len(units) == 1:
         try:
             alone = units[0].run_alone(txn)
+        except AlreadyWritten as e:
+            # Every caller fails (their rows may be in): never written twice.
+            raise (e.__cause__ or e) from None
         except Exception:
             alone = None  # atomic: nothing was written; rerun item by item below
         else:
