@@ -113,6 +113,9 @@ class JobExecutor:
         #: running plugins: their attempts were ours to cut short, not theirs
         #: to fail, so they go back to the queue as the same attempt.
         self.interrupting = False
+        #: Whether any pipeline is triggered by C{ductile.step.succeeded}
+        #: (worked out once: an executor serves one router, see the service's reload).
+        self._step_succeeded_triggers: bool | None = None
 
     def __call__(self, job: ClaimedJob) -> defer.Deferred[None]:
         if job.plugin == RELAY_PLUGIN:
@@ -285,22 +288,22 @@ class JobExecutor:
                 job_id=job.id, event_type=envelope.event_type, instance=target,
                 receiver_job_id=acceptance.get("job_id"),
             )
-            succeeded = Event.create(
-                STEP_SUCCEEDED,
-                {
-                    "relay_to": target,
-                    "relay_event_type": envelope.event_type,
-                    "relay_receiver_event_id": acceptance.get("receiver_event_id"),
-                    "relay_receiver_peer": acceptance.get("peer"),
-                    "relay_receiver_job_id": acceptance.get("job_id"),
-                    "relay_acceptance_status": acceptance.get("status"),
-                    "relay_acceptance_event_id": acceptance.get("receiver_event_id"),
-                },
-                RELAY_PLUGIN,
-                self._clock.seconds(),
-            )
             successors: list[JobSpec] = []
-            if job.pipeline:
+            if job.pipeline and self._step_succeeded_may_route(job):
+                succeeded = Event.create(
+                    STEP_SUCCEEDED,
+                    {
+                        "relay_to": target,
+                        "relay_event_type": envelope.event_type,
+                        "relay_receiver_event_id": acceptance.get("receiver_event_id"),
+                        "relay_receiver_peer": acceptance.get("peer"),
+                        "relay_receiver_job_id": acceptance.get("job_id"),
+                        "relay_acceptance_status": acceptance.get("status"),
+                        "relay_acceptance_event_id": acceptance.get("receiver_event_id"),
+                    },
+                    RELAY_PLUGIN,
+                    self._clock.seconds(),
+                )
                 successors = [
                     dispatch_to_spec(
                         d, self._config, submitted_by=RELAY_PLUGIN, source_event_id=succeeded.event_id,
@@ -331,6 +334,22 @@ class JobExecutor:
         )
         await self._finish(job, Completion(DEAD, error=outcome.error, duration=outcome.duration,
                                            relay_attempt=record))
+
+    def _step_succeeded_may_route(self, job: ClaimedJob) -> bool:
+        """
+        Whether a relay step's C{ductile.step.succeeded} can route anywhere:
+        a next step after the job's own, or a pipeline it triggers.  When it
+        cannot (a pipeline whose last step is the relay — the common case),
+        the event is not built nor routed: L{Router.route_next} would return
+        nothing for it.
+        """
+        if not self._router.is_terminal(job.context):
+            return True
+        if self._step_succeeded_triggers is None:
+            self._step_succeeded_triggers = any(
+                self._router.pipeline(name).on == STEP_SUCCEEDED for name in self._router.pipeline_names()
+            )
+        return self._step_succeeded_triggers
 
     async def _finish(self, job: ClaimedJob, completion: Completion) -> None:
         """
