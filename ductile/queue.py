@@ -642,18 +642,15 @@ class JobQueue:
                 )
             )
         if claimed:
-            # Two statements however many were claimed: each execute hands the
-            # GIL to the reactor thread and back.
+            # Two statements however many were claimed (a multi-row INSERT, not
+            # executemany: each row stepped hands the GIL to the reactor and back).
             txn.execute(
                 "UPDATE job_queue SET status='running', started_at=NULL, next_retry_at=NULL WHERE id IN ("
                 + ",".join("?" * len(claimed)) + ")",
                 [job.id for job in claimed],
             )
-            txn.executemany(
-                "INSERT INTO job_transitions (job_id, from_status, to_status, reason, created_at) "
-                "VALUES (?,?,?,?,?)",
-                [(job.id, QUEUED, RUNNING, f"attempt {job.attempt}", now) for job in claimed],
-            )
+            _insert_rows(txn, _INSERT_TRANSITIONS, "(?,?,?,?,?)",
+                         [(job.id, QUEUED, RUNNING, f"attempt {job.attempt}", now) for job in claimed])
         return claimed
 
     def _complete(self, txn: Any, job: ClaimedJob, c: Completion, now: float) -> list[EnqueueResult]:
@@ -808,6 +805,7 @@ _INSERT_JOBS = (
     "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
     "pipeline, step_id) VALUES "
 )
+_INSERT_TRANSITIONS = "INSERT INTO job_transitions (job_id, from_status, to_status, reason, created_at) VALUES "
 _INSERT_CONTEXTS = (
     "INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at) VALUES "
 )

@@ -37,6 +37,11 @@ def _recording(factory, statements: list[str]):
             statements.append(sql)
             return self._transaction.execute(sql, *args)
 
+        def executemany(self, sql, rows):
+            rows = list(rows)
+            statements.extend([sql] * len(rows))  # one step (one GIL round trip) per row
+            return self._transaction.executemany(sql, rows)
+
     return lambda pool, connection: Recording(factory(pool, connection))
 
 
@@ -263,3 +268,22 @@ class AloneStatementFailureTests(TestCase):
                 await d
         self.assertEqual(_rows(self.path, "SELECT COUNT(*) FROM job_queue WHERE payload='{\"plain\":true}'"),
                          [(1,)])
+
+
+class ClaimStatementsTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_800_000_000)
+        self.queue, self.pool, self.path = make_queue(self, self.clock)
+
+    async def test_claim_is_three_statements(self) -> None:
+        """Claiming forty jobs is one read, one UPDATE and one multi-row transitions INSERT."""
+        await self.queue.enqueue([JobSpec("p", "handle", {"n": i}) for i in range(40)])
+        statements: list[str] = []
+        self.pool.transactionFactory = _recording(self.pool.transactionFactory, statements)
+        jobs = await self.queue.claim(40)
+        self.assertEqual(len(jobs), 40)
+        self.assertEqual([s.split()[0] for s in statements if s != "BEGIN IMMEDIATE"], ["SELECT", "UPDATE", "INSERT"])
+        self.assertEqual(
+            _rows(self.path, "SELECT count(*) FROM job_transitions WHERE from_status='queued' AND to_status='running' "
+                             "AND reason='attempt 1'"), [(40,)])

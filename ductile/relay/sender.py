@@ -554,12 +554,14 @@ class RelaySender:
         return d.addCallbacks(answered, failed)
 
     def _log(self, name: str, envelope: Envelope, outcome: DeliveryOutcome) -> None:
-        # An accepted delivery is debug: a queued one is logged at info by the
-        # executor with both job ids ("relay job ... delivered ... (receiver
-        # job ...)"), and `relay send` prints its own result.  Every other
-        # outcome stays info: it is the one line that says what the peer answered.
-        emit = log.debug if outcome.kind == ACCEPTED else log.info
-        emit(
+        # An accepted delivery is not logged here: a queued one is logged by
+        # the executor with both job ids ("relay job ... delivered ... (receiver
+        # job ...)"), and `relay send` prints its own result; one line per
+        # delivery, not two (each costs the reactor an event).  Every other
+        # outcome is: it is the one line that says what the peer answered.
+        if outcome.kind == ACCEPTED:
+            return
+        log.info(
             "relay {event_type} to {instance}: {kind} (status {status}) {error}",
             event_type=envelope.event_type,
             instance=name,
