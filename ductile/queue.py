@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ductile.events import new_id
-from ductile.store.schema import ENQUEUE_VIEW, ENQUEUE_VIEW_COLUMNS
+from ductile.store.schema import ENQUEUE_VIEW, ENQUEUE_VIEW_COLUMNS, duplicate_where
 from ductile.store.writer import AlreadyWritten, GroupCommitWriter
 
 T = TypeVar("T")
@@ -449,79 +449,53 @@ class JobQueue:
         self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]
     ) -> list[list[EnqueueResult]]:
         """
-        Insert the jobs of many C{enqueue} calls with as few statements as
-        the batch allows (one dedupe read, one multi-row INSERT per table),
-        in order, with exactly L{_insert}'s dedupe semantics.  Successors and
-        pre-failed jobs are rare and take L{_insert}'s own path.
+        Insert the jobs of many C{enqueue} calls, in order, inside the
+        batch's transaction: plain jobs through the enqueue view in as few
+        statements as the parameter limit allows (L{_insert_via_view});
+        successors and pre-failed jobs, which are rare, by L{_insert}.
         """
-        out: list[list[EnqueueResult]] = [[] for _ in items]
+        out, entries = _entries(items)
         plain: list[_Entry] = []
-        for results, (specs, now) in zip(out, items):
-            for spec in specs:
-                if spec.error is None and not (spec.parent_job_id and spec.source_event_id):
-                    plain.append(_Entry(results, len(results), spec, now))
-                    results.append(_PLACEHOLDER)
-                else:
-                    self._insert_plain(txn, plain)
-                    plain = []
-                    results.append(self._insert(txn, spec, now))
-        self._insert_plain(txn, plain)
-        return out
-
-    def _insert_plain(self, txn: Any, entries: list[_Entry]) -> None:
-        if not entries:
-            return
-        blocking = self._blocking_jobs(txn, entries)
-        jobs: list[tuple[Any, ...]] = []
-        contexts: list[tuple[Any, ...]] = []
         for entry in entries:
-            spec, now = entry.spec, entry.now
-            job_id = new_id()
-            if spec.dedupe_key:
-                earlier = blocking.setdefault((spec.dedupe_key, spec.plugin, spec.command), [])
-                duplicate = next(
-                    (other for other, status, done in earlier
-                     if status in (QUEUED, RUNNING) or (status == SUCCEEDED and done >= now - self.dedupe_ttl)),
-                    None,
-                )
-                if duplicate is not None:
-                    entry.results[entry.index] = EnqueueResult(duplicate, deduplicated=True)
-                    continue
-                earlier.append((job_id, QUEUED, None))
-            context_id = new_id() if spec.context is not None else None
-            jobs.append((
-                job_id, spec.plugin, spec.command, _dumps(spec.payload), QUEUED, max(1, spec.max_attempts),
-                spec.submitted_by, spec.dedupe_key or None, now, None, None, spec.parent_job_id,
-                spec.source_event_id, context_id, spec.pipeline, spec.step_id,
-            ))
-            if context_id is not None:
-                contexts.append(
-                    (context_id, spec.context_parent_id, spec.pipeline, spec.step_id, _dumps(spec.context), now)
-                )
-            entry.results[entry.index] = EnqueueResult(job_id)
-        _insert_rows(txn, _INSERT_JOBS, "(?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?)", jobs)
-        _insert_rows(txn, _INSERT_CONTEXTS, "(?,?,?,?,?,?)", contexts)
+            if _plain(entry.spec):
+                plain.append(entry)
+            else:
+                self._insert_via_view(txn, plain)
+                plain = []
+                entry.results[entry.index] = self._insert(txn, entry.spec, entry.now)
+        self._insert_via_view(txn, plain)
+        return out
 
     def _insert_alone(
         self, txn: Any, items: Sequence[tuple[Sequence[JobSpec], float]]
     ) -> list[list[EnqueueResult]] | None:
         """
-        A batch made only of enqueues, as ONE statement through the
-        connection's enqueue view (L{ductile.store.schema.ENQUEUE_VIEW}),
-        outside any transaction: SQLite commits it on its own.  Dedupe is the
-        view's (the same rule as L{_insert_plain}); the common case — nothing
-        was a duplicate — is told by the change count alone, and only
-        otherwise are the dropped jobs' duplicates looked up.  C{None} (and
-        nothing written) when the batch is not plain or too big for one
-        statement.
+        A batch made only of plain enqueues that fit one statement, written
+        as that ONE statement outside any transaction: SQLite begins, writes
+        and commits (with the fsync) inside one call.  C{None} (and nothing
+        written) for any other batch, which then goes through
+        L{_insert_batch} inside a transaction.
         """
-        entries = [_Entry(results, i, spec, now)
-                   for results, (specs, now) in zip([[_PLACEHOLDER] * len(s) for s, _ in items], items)
-                   for i, spec in enumerate(specs)]
-        if not entries or len(entries) * len(ENQUEUE_VIEW_COLUMNS) > _MAX_VARIABLES:
+        out, entries = _entries(items)
+        if not entries or len(entries) > _VIEW_ROWS_PER_STATEMENT or not all(_plain(e.spec) for e in entries):
             return None
-        if any(e.spec.error is not None or (e.spec.parent_job_id and e.spec.source_event_id) for e in entries):
-            return None
+        self._insert_via_view(txn, entries, committed_alone=True)
+        return out
+
+    def _insert_via_view(self, txn: Any, entries: list[_Entry], committed_alone: bool = False) -> None:
+        """
+        Plain jobs (and their contexts) through the connection's enqueue view
+        (L{ductile.store.schema.ENQUEUE_VIEW}), whose trigger applies the
+        dedupe rule (contract §4.4) row by row.  The common case — nothing
+        was a duplicate — is told by the change count alone; only otherwise
+        are the dropped jobs' duplicates looked up.  Duplicates within the
+        batch point at the first of them.
+
+        @param committed_alone: the statement is its own transaction, so a
+            failure after it must not lead to a rerun (L{AlreadyWritten}).
+        """
+        if not entries:
+            return
         rows: list[Any] = []
         inserted: list[_Entry] = []
         first_of: dict[tuple[str, str, str], _Entry] = {}
@@ -541,65 +515,43 @@ class JobQueue:
             if spec.context is not None:
                 context_id = new_id()
                 contexts += 1
-            rows += (
+            rows.append((
                 job_id, spec.plugin, spec.command, _dumps(spec.payload), max(1, spec.max_attempts),
                 spec.submitted_by, spec.dedupe_key or None, now, spec.parent_job_id, spec.source_event_id,
                 context_id, spec.pipeline, spec.step_id, spec.context_parent_id,
                 None if spec.context is None else _dumps(spec.context), now - self.dedupe_ttl,
-            )
+            ))
             entry.results[entry.index] = EnqueueResult(job_id)
             inserted.append(entry)
         connection = txn.connection
         before = connection.total_changes
-        txn.execute(_INSERT_VIEW + ",".join([_VIEW_ROW] * len(inserted)), rows)
+        for start in range(0, len(rows), _VIEW_ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _VIEW_ROWS_PER_STATEMENT]
+            txn.execute(_INSERT_VIEW + ",".join([_VIEW_ROW] * len(chunk)), [v for row in chunk for v in row])
         # Each inserted job is its row plus its "enqueued" transition (a
         # trigger), plus its context when it has one.
         if connection.total_changes - before != 2 * len(inserted) + contexts:
             try:
                 self._resolve_dropped(txn, inserted)
             except Exception as e:
-                raise AlreadyWritten("enqueued, but which were duplicates is unknown") from e
+                if committed_alone:
+                    raise AlreadyWritten("enqueued, but which were duplicates is unknown") from e
+                raise
         for entry, first in later:
             result = first.results[first.index]
             entry.results[entry.index] = EnqueueResult(result.job_id, deduplicated=True)
-        return [entry_results for entry_results in _results_of(entries)]
 
     def _resolve_dropped(self, txn: Any, inserted: list[_Entry]) -> None:
         """The jobs the view dropped as duplicates point at the job that blocked them."""
         ids = [e.results[e.index].job_id for e in inserted]
-        txn.execute(f"SELECT id FROM job_queue WHERE id IN ({','.join('?' * len(ids))})", ids)
-        present = {row[0] for row in txn.fetchall()}
-        for entry in inserted:
-            if entry.results[entry.index].job_id not in present:
-                existing = self._find_duplicate(txn, entry.spec, entry.now)
-                entry.results[entry.index] = EnqueueResult(existing, deduplicated=True)
-
-    def _blocking_jobs(
-        self, txn: Any, entries: list[_Entry]
-    ) -> dict[tuple[str, str, str], list[tuple[str, str, float | None]]]:
-        """
-        Every job that may block one of C{entries} by dedupe (contract
-        §4.4), oldest first, per (key, plugin, command); one read per batch.
-        """
-        keys = sorted({e.spec.dedupe_key for e in entries if e.spec.dedupe_key})
-        found: dict[tuple[str, str, str], list[tuple[str, str, float | None]]] = {}
-        if not keys:
-            return found
-        cutoff = min(e.now for e in entries) - self.dedupe_ttl
-        for start in range(0, len(keys), _MAX_VARIABLES - 1):
-            chunk = keys[start:start + _MAX_VARIABLES - 1]
-            txn.execute(
-                "SELECT dedupe_key, plugin, command, id, status, completed_at FROM job_queue "
-                f"WHERE dedupe_key IN ({','.join('?' * len(chunk))}) AND "
-                # The unary + keeps the planner on the dedupe index: left to
-                # itself it walks every queued job through the status index.
-                "(+status IN ('queued','running') OR (+status='succeeded' AND +completed_at>=?)) "
-                "ORDER BY created_at, rowid",
-                (*chunk, cutoff),
-            )
-            for key, plugin, command, job_id, status, done in txn.fetchall():
-                found.setdefault((key, plugin, command), []).append((job_id, status, done))
-        return found
+        for start in range(0, len(ids), _MAX_VARIABLES):
+            chunk = ids[start:start + _MAX_VARIABLES]
+            txn.execute(f"SELECT id FROM job_queue WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            present = {row[0] for row in txn.fetchall()}
+            for entry in inserted[start:start + _MAX_VARIABLES]:
+                if entry.results[entry.index].job_id not in present:
+                    existing = self._find_duplicate(txn, entry.spec, entry.now)
+                    entry.results[entry.index] = EnqueueResult(existing, deduplicated=True)
 
     def _claim(
         self, txn: Any, limit: int, slots: dict[str, int], default_slots: int | None, now: float
@@ -793,28 +745,16 @@ _INSERT_JOB = (
     "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
     "pipeline, step_id) SELECT ?,?,?,?,?,1,?,?,?,?,?,?,?,?,?,?,?"
 )
-#: Contract §4.4: blocked by a queued or running job, or one that succeeded
-#: within the dedupe window, for the same (key, plugin, command).
-_DUPLICATE_WHERE = (
-    "q.dedupe_key=? AND q.plugin=? AND q.command=? AND "
-    "(q.status IN ('queued','running') OR (q.status='succeeded' AND q.completed_at>=?))"
-)
+_DUPLICATE_WHERE = duplicate_where("?", "?", "?", "?")
 _DUPLICATE = "SELECT 1 FROM job_queue q WHERE " + _DUPLICATE_WHERE
-_INSERT_JOBS = (
-    "INSERT INTO job_queue (id, plugin, command, payload, status, attempt, max_attempts, submitted_by, "
-    "dedupe_key, created_at, completed_at, last_error, parent_job_id, source_event_id, event_context_id, "
-    "pipeline, step_id) VALUES "
-)
 _INSERT_TRANSITIONS = "INSERT INTO job_transitions (job_id, from_status, to_status, reason, created_at) VALUES "
-_INSERT_CONTEXTS = (
-    "INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at) VALUES "
-)
 #: SQLite's smallest default limit on bound parameters per statement (999
 #: before 3.32), so a multi-row statement fits any SQLite Python links.
 _MAX_VARIABLES = 999
 _INSERT_VIEW = f"INSERT INTO {ENQUEUE_VIEW} ({', '.join(ENQUEUE_VIEW_COLUMNS)}) VALUES "
 _VIEW_ROW = "(" + ",".join("?" * len(ENQUEUE_VIEW_COLUMNS)) + ")"
-#: Stands for a result L{JobQueue._insert_plain} has yet to fill in.
+_VIEW_ROWS_PER_STATEMENT = _MAX_VARIABLES // len(ENQUEUE_VIEW_COLUMNS)
+#: Stands for a result L{JobQueue._insert_via_view} has yet to fill in.
 _PLACEHOLDER = EnqueueResult(None)
 
 
@@ -853,13 +793,19 @@ class _Enqueues:
         return self.queue._insert_alone(txn, items)
 
 
-def _results_of(entries: list[_Entry]) -> list[list[EnqueueResult]]:
-    """Each enqueue call's result list, in call order (entries are grouped by call)."""
-    out: list[list[EnqueueResult]] = []
-    for entry in entries:
-        if not out or out[-1] is not entry.results:
-            out.append(entry.results)
-    return out
+def _entries(
+    items: Sequence[tuple[Sequence[JobSpec], float]]
+) -> tuple[list[list[EnqueueResult]], list[_Entry]]:
+    """Each enqueue call's result list (to be filled in), and its jobs in order."""
+    out = [[_PLACEHOLDER] * len(specs) for specs, _ in items]
+    entries = [_Entry(results, i, spec, now)
+               for results, (specs, now) in zip(out, items) for i, spec in enumerate(specs)]
+    return out, entries
+
+
+def _plain(spec: JobSpec) -> bool:
+    """A job the enqueue view can write: not pre-failed, not a successor (those check for a retried completion)."""
+    return spec.error is None and not (spec.parent_job_id and spec.source_event_id)
 
 
 def _transition(txn: Any, job_id: str, frm: str | None, to: str, reason: str, now: float) -> None:

@@ -133,12 +133,23 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-#: Per-connection (TEMP, never in the file, so nothing Go sees): the whole
-#: of a burst of enqueues as ONE statement.  Each row inserted into the view
-#: becomes a job (with the same dedupe rule as L{ductile.queue}'s
-#: C{_DUPLICATE_WHERE}: blocked by a queued or running job, or a success
-#: since C{dedupe_cutoff}, with the same key, plugin and command) and, if the
-#: job was inserted, its context.  A lone statement outside BEGIN is its own
+def duplicate_where(key: str, plugin: str, command: str, cutoff: str) -> str:
+    """
+    Contract §4.4, the one place it is written: a job C{q} blocks a new one
+    with dedupe key C{key} for C{plugin}/C{command} when it is queued or
+    running, or succeeded at or after C{cutoff} (now minus the dedupe TTL).
+    The arguments are SQL expressions (C{?} or C{NEW.column}).
+    """
+    return (
+        f"q.dedupe_key={key} AND q.plugin={plugin} AND q.command={command} AND "
+        f"(q.status IN ('queued','running') OR (q.status='succeeded' AND q.completed_at>={cutoff}))"
+    )
+
+
+#: Per-connection (TEMP, never in the file, so nothing Go sees): a burst of
+#: enqueues as few statements as possible.  Each row inserted into the view
+#: becomes a job (unless L{duplicate_where} finds one blocking it) and, if
+#: the job was inserted, its context.  A lone statement outside BEGIN is its own
 #: transaction: SQLite begins, writes and commits (with the fsync) inside one
 #: C call, so the database thread gives up and wins back the GIL once per
 #: burst instead of once per statement.
@@ -160,9 +171,8 @@ CONNECTION_OBJECTS: tuple[str, ...] = (
             NEW.dedupe_key, NEW.created_at, NEW.parent_job_id, NEW.source_event_id, NEW.event_context_id,
             NEW.pipeline, NEW.step_id
         WHERE NEW.dedupe_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM job_queue q WHERE q.dedupe_key=NEW.dedupe_key AND q.plugin=NEW.plugin
-            AND q.command=NEW.command
-            AND (q.status IN ('queued','running') OR (q.status='succeeded' AND q.completed_at>=NEW.dedupe_cutoff)));
+            SELECT 1 FROM job_queue q
+            WHERE {duplicate_where("NEW.dedupe_key", "NEW.plugin", "NEW.command", "NEW.dedupe_cutoff")});
         INSERT INTO event_context (id, parent_id, pipeline_name, step_id, accumulated_json, created_at)
         SELECT NEW.event_context_id, NEW.context_parent_id, NEW.pipeline, NEW.step_id, NEW.context_json,
             NEW.created_at
