@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Any
 
 import treq
@@ -14,19 +13,13 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from ductile.relay.envelope import Envelope, Origin
-from ductile.testing.instance import port_of, read_records, start_instance, wait_until, write_config
+from ductile.testing.instance import free_port, port_of, read_records, start_instance, wait_until, write_config
 from ductile.testing.plugins import write_recorder
 
 SECRET = "e2e-shared-secret-7f3a9c"
 TOKEN = "e2e-api-token"
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class RelayFixture(TestCase):
@@ -179,7 +172,7 @@ class RelayEndToEndTests(RelayFixture):
         While the receiver is down the relay job retries (each attempt
         recorded); once it listens, the event is delivered and processed.
         """
-        lab_port = _free_port()
+        lab_port = free_port()
         home = await start_instance(self, self.home_config(lab_port), self.environ)
         code, body = await self._post(home, "/pipeline/offsite", {"payload": {"archive_id": "a2"}, "baggage": {"trace_id": "t2"}})
         self.assertEqual(code, 202, body)
@@ -209,7 +202,7 @@ class RelayEndToEndTests(RelayFixture):
         A delivery waiting for its next retry when the sender stops is
         resumed from the database by the restarted sender and delivered once.
         """
-        lab_port = _free_port()
+        lab_port = free_port()
         home_dir = self.home_config(lab_port)
         home = await start_instance(self, home_dir, self.environ)
         await self._post(home, "/pipeline/offsite", {"payload": {"archive_id": "a4"}, "baggage": {"trace_id": "t"}})
@@ -321,7 +314,7 @@ class QueuedSendTests(RelayFixture):
 
     async def test_enqueue_endpoint_rejections(self) -> None:
         """Unknown instance 404, disallowed type 422, bad type 400 — nothing queued."""
-        home = await start_instance(self, self.home_config(_free_port()), self.environ)
+        home = await start_instance(self, self.home_config(free_port()), self.environ)
         self.assertEqual(await self._post(home, "/relay/nowhere", {"event": {"type": "backup.ready"}}),
                          (404, {"error": 'relay instance "nowhere" not configured'}))
         self.assertEqual(await self._post(home, "/relay/lab", {"event": {"type": "other.thing"}}),

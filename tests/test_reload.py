@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -21,7 +20,7 @@ from ductile.config.models import ApiConfig, ApiToken, Config, Peer, PeerKey, Re
 from ductile.relay.envelope import Envelope, Origin
 from ductile.relay.signing import sign
 from ductile.reload import REMOVED_PLUGIN_REASON, ReloadError, Reloader, describe_changes, plan_reload
-from ductile.testing.instance import port_of, read_records, start_instance, wait_until, write_config
+from ductile.testing.instance import free_port, port_of, read_records, start_instance, wait_until, write_config
 from ductile.testing.plugins import write_recorder
 from ductile.timestamps import format_rfc3339nano
 
@@ -31,12 +30,6 @@ NEW_TOKEN = "reload-test-new-token-2"
 PEER_SECRET = "reload-peer-secret-5b1c"
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- the plan -------------------------------------------------------------------
@@ -392,7 +385,7 @@ class ReloadInstanceTests(_ReloadFixture):
         to the new instance (this instance itself, as peer "lab") is sent,
         accepted and routed.
         """
-        self.port = _free_port()
+        self.port = free_port()
         pipelines = [self.pipeline("p", "backup.ready", "alpha")]
         service = await start_instance(self, self.write(peers=("lab",), pipelines=pipelines))
         self.assertIsNone(service.sender)
@@ -575,7 +568,7 @@ class ReloadCliTests(_ReloadFixture):
         return out.decode(), err.decode(), code
 
     async def test_cli_reload_exits_0(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         service = await start_instance(self, self.write())
         self.write(pipelines=[self.pipeline("fresh", "fresh.go", "alpha")])
         out, err, code = await self.cli("--config", self.dir)
@@ -585,7 +578,7 @@ class ReloadCliTests(_ReloadFixture):
         self.assertEqual(service.instance.router.pipeline_names(), ["fresh"])
 
     async def test_cli_refused_exits_1(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         service = await start_instance(self, self.write())
         self.write(pipelines=[self.pipeline("q", "q.go", "nosuch")])
         out, err, code = await self.cli("--config", self.dir)
@@ -596,7 +589,7 @@ class ReloadCliTests(_ReloadFixture):
         self.assertEqual(service.instance.router.pipeline_names(), [])
 
     async def test_cli_broken_config_exits_1(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         await start_instance(self, self.write())
         with open(os.path.join(self.dir, "config.yaml"), "a") as f:
             f.write("plugins: [unclosed\n")
@@ -615,7 +608,7 @@ class ReloadCliTests(_ReloadFixture):
         self.assertIn("the instance does not accept this token (invalid token)", err)
 
     async def test_cli_instance_not_running(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.write()
         out, err, code = await self.cli("--config", self.dir)
         self.assertEqual(code, 1)
@@ -660,7 +653,7 @@ class _Output(protocol.ProcessProtocol):
 class SighupTests(_ReloadFixture):
     async def test_sighup_reloads_twistd(self) -> None:
         """SIGHUP (systemctl reload) makes a real twistd take a new token; a broken config is refused."""
-        self.port = _free_port()
+        self.port = free_port()
         self.write()
         proto = _Output()
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -94,3 +94,12 @@ def read_records(path: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for configs that must name one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
