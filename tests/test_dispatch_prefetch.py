@@ -90,6 +90,18 @@ def _snapshot(path: str, dest: str) -> None:
         dst.close()
 
 
+def testcase_releases(testcase: TestCase, dispatcher: Dispatcher, executor: _Executor) -> None:
+    """At cleanup: stop C{dispatcher}, then let every job still held by C{executor} end."""
+
+    def release() -> defer.Deferred[None]:
+        stopped = dispatcher.stop()
+        for d in list(executor.pending.values()):
+            d.callback(None)
+        return stopped
+
+    testcase.addCleanup(release)
+
+
 class PrefetchTests(TestCase):
     timeout = 10
 
@@ -386,14 +398,7 @@ class DefaultPrefetchTests(TestCase):
         dispatcher = Dispatcher(clock, queue, executor, 2, lambda: caps)
         self.assertEqual(dispatcher.prefetch, 8)
         dispatcher.start()
-
-        def release() -> defer.Deferred[None]:
-            stopped = dispatcher.stop()
-            for d in list(executor.pending.values()):
-                d.callback(None)
-            return stopped
-
-        self.addCleanup(release)
+        testcase_releases(self, dispatcher, executor)
         await queue.enqueue([JobSpec("serial", "poll", {"i": i}) for i in range(10)])
         await executor.until_started(1)
         for _ in range(3):
@@ -417,14 +422,7 @@ class RefillTests(TestCase):
         dispatcher = Dispatcher(clock, queue, executor, 2, lambda: {})
         self.assertEqual(dispatcher.prefetch, 8)
         dispatcher.start()
-
-        def release() -> defer.Deferred[None]:
-            stopped = dispatcher.stop()
-            for d in list(executor.pending.values()):
-                d.callback(None)
-            return stopped
-
-        self.addCleanup(release)
+        testcase_releases(self, dispatcher, executor)
         await queue.enqueue([JobSpec("p", "poll", {"i": i}) for i in range(20)])
         await executor.until_started(2)
         for _ in range(3):
@@ -455,14 +453,7 @@ class RefillTests(TestCase):
         executor = _Executor(queue, 2, {})
         dispatcher = Dispatcher(clock, queue, executor, 2, lambda: {})
         dispatcher.start()
-
-        def release() -> defer.Deferred[None]:
-            stopped = dispatcher.stop()
-            for d in list(executor.pending.values()):
-                d.callback(None)
-            return stopped
-
-        self.addCleanup(release)
+        testcase_releases(self, dispatcher, executor)
         await queue.enqueue([JobSpec("p", "poll", {"i": 0})])
         await executor.until_started(1)
         await queue.enqueue([JobSpec("p", "poll", {"i": 1})])

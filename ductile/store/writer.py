@@ -103,18 +103,18 @@ class _Unit:
         if first.group is None:
             assert first.write is not None
             return [first.write(txn)]
-        results = first.group.run(txn, [p.item for p in self.pending])
-        if len(results) != len(self.pending):
-            raise RuntimeError(f"{first.group!r} returned {len(results)} results for {len(self.pending)} items")
-        return results
+        return self._checked(first.group.run(txn, [p.item for p in self.pending]))
 
     def run_alone(self, txn: Any) -> list[Any] | None:
         first = self.pending[0]
         if first.group is None:
             return None
         results = first.group.run_alone(txn, [p.item for p in self.pending])
-        if results is not None and len(results) != len(self.pending):
-            raise RuntimeError(f"{first.group!r} returned {len(results)} results for {len(self.pending)} items")
+        return None if results is None else self._checked(results)
+
+    def _checked(self, results: list[Any]) -> list[Any]:
+        if len(results) != len(self.pending):
+            raise RuntimeError(f"{self.pending[0].group!r} returned {len(results)} results for {len(self.pending)} items")
         return results
 
     def singles(self) -> list["_Unit"]:
